@@ -1,0 +1,56 @@
+"""`rl-safety <command>`: the project's command line (also `python -m rl_safety`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _grpo(argv: list[str]) -> int:
+    from rl_safety.config import ConfigError, GRPOConfig, load_config
+
+    parser = argparse.ArgumentParser(prog="rl-safety grpo", description="GRPO with verifiable rewards")
+    parser.add_argument("--config", required=True, help="YAML config (see configs/)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. algorithm.group_size=8")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(GRPOConfig, args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from rl_safety.trainers.grpo import run_grpo
+
+    print(f"batch plan: {cfg.batch_plan()}")
+    final = run_grpo(cfg, source=args.config, resume=args.resume)
+    print(f"done: final policy in {final}")
+    return 0
+
+
+def _rewards(argv: list[str]) -> int:
+    from rewards import lab
+
+    return lab.main(argv)
+
+
+def _toy(argv: list[str]) -> int:
+    from rl_safety.toy import cli
+
+    return cli.main(argv)
+
+
+COMMANDS = {"grpo": _grpo, "rewards": _rewards, "toy": _toy}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: rl-safety {" + ",".join(COMMANDS) + "} ...", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The GRPO run schema. Each field: its default and a one-line meaning."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from rl_safety.config.loader import Section
+
+
+class ModelSection(Section):
+    path: str = Field(description="Hugging Face checkpoint directory or hub name of the starting policy")
+    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="training and rollout dtype")
+    chat_template: bool = Field(True, description="wrap each prompt as a user turn with the tokenizer's chat template")
+    system_prompt: str | None = Field(None, description="optional system turn before every prompt")
+    trust_remote_code: bool = False
+
+
+class LoraSection(Section):
+    rank: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    sync: Literal["merged", "adapter"] = Field(
+        "merged", description="send base+BA merged weights to vLLM, or the adapter alone (vLLM LoRA)"
+    )
+
+
+class DataSection(Section):
+    train: str = Field(description="JSON/JSONL/Parquet/CSV file, or a Hugging Face dataset name")
+    split: str = "train"
+    prompt_key: str = Field("prompt", description="column holding the prompt text")
+    max_prompt_tokens: int = Field(512, ge=1, description="longer prompts are dropped, and counted in the log")
+    shuffle: bool = True
+
+
+class RolloutSection(Section):
+    num_engines: int = Field(1, ge=1, description="vLLM engine actors")
+    tensor_parallel_size: int = Field(1, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(-1, description="-1 disables top-k")
+    max_new_tokens: int = Field(256, ge=1)
+    max_model_len: int | None = Field(None, description="default: max_prompt_tokens + max_new_tokens")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU: share of memory for vLLM")
+    kv_cache_memory_mb: int = Field(256, ge=16, description="CPU: KV cache size per engine")
+    enforce_eager: bool = Field(False, description="disable CUDA graphs / compilation")
+
+
+class LearnerSection(Section):
+    num_ranks: int = Field(1, ge=1, description="DeepSpeed data-parallel ranks")
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload: bool = Field(False, description="ZeRO CPU offload of optimizer state (and params at stage 3)")
+    gradient_checkpointing: bool = False
+    learning_rate: float = Field(1e-6, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(4, ge=1, description="sequences per forward/backward per rank")
+    lora: LoraSection | None = Field(None, description="train a LoRA adapter instead of all weights")
+
+
+class AlgorithmSection(Section):
+    group_size: int = Field(8, description="completions sampled per prompt (G)")
+    prompts_per_step: int = Field(8, ge=1, description="prompts per rollout batch (after dynamic sampling)")
+    mini_batches_per_step: int = Field(1, ge=1, description="optimizer steps per rollout batch and epoch")
+    epochs_per_step: int = Field(1, ge=1, description="passes over each rollout batch (old logprobs kept)")
+    normalize_advantage_std: bool = Field(True, description="divide by the group std; false = Dr.GRPO")
+    clip_low: float = Field(0.2, ge=0, lt=1)
+    clip_high: float = Field(0.28, ge=0, description="> clip_low = DAPO clip-higher")
+    kl_coef: float = Field(0.0, ge=0, description="0 drops the reference model entirely")
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    dynamic_sampling: bool = Field(False, description="drop groups whose rewards are all equal and refill")
+    max_sampling_rounds: int = Field(4, ge=1, description="rollout rounds tried to fill a batch")
+    importance_correction: Literal["none", "truncate", "mask"] = Field(
+        "truncate", description="truncated IS weight for the rollout/learner logprob mismatch"
+    )
+    importance_level: Literal["token", "sequence"] = "token"
+    importance_cap: float = Field(2.0, gt=1)
+    overlong: Literal["none", "filter", "penalty"] = Field(
+        "none", description="truncated responses: keep, drop from the loss, or DAPO soft penalty"
+    )
+    overlong_buffer: int = Field(64, ge=1, description="penalty ramp length before max_new_tokens")
+    overlong_penalty_factor: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> AlgorithmSection:
+        if self.group_size < 2:
+            raise ValueError(
+                f"algorithm.group_size={self.group_size}: GRPO needs at least 2 completions per "
+                "prompt (advantages are relative to the group)"
+            )
+        return self
+
+
+class RewardSection(Section):
+    name: str = Field(description="name registered in the rewards package or a reward_modules file")
+    weight: float = 1.0
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the reward")
+
+
+class ClusterSection(Section):
+    address: str | None = Field(None, description="Ray cluster address ('auto' or ray://...); None starts Ray locally")
+    placement: Literal["separate", "colocated"] = "separate"
+    device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto: gpu when Ray sees GPUs")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    num_cpus: int | None = Field(None, ge=1, description="local Ray only: logical CPUs to declare")
+    reward_workers: int = Field(1, ge=1, description="Ray actors scoring rewards")
+
+
+class RunSection(Section):
+    output_dir: str = "runs"
+    name: str = "grpo"
+    total_steps: int = Field(10, ge=1)
+    seed: int = 0
+    save_every: int = Field(0, ge=0, description="DeepSpeed checkpoint every K steps (0: only at the end)")
+    keep_checkpoints: int = Field(2, ge=1)
+    rollouts_saved_per_step: int = Field(16, ge=0, description="sampled rollouts written to rollouts/step_N.jsonl")
+    logprob_diff_bound: float = Field(
+        0.05, gt=0, description="stop if mean |rollout - learner logprob| exceeds this (broken weight sync)"
+    )
+    tensorboard: bool = False
+    wandb_project: str | None = None
+    progress_bar: bool = True
+
+
+class GRPOConfig(Section):
+    model: ModelSection
+    data: DataSection
+    rewards: list[RewardSection] = Field(min_length=1)
+    reward_modules: list[str] = Field(default_factory=list, description="user .py files registering rewards")
+    rollout: RolloutSection = RolloutSection()
+    learner: LearnerSection = LearnerSection()
+    algorithm: AlgorithmSection = AlgorithmSection()
+    cluster: ClusterSection = ClusterSection()
+    run: RunSection = RunSection()
+
+    @model_validator(mode="after")
+    def _check_batch_plan(self) -> GRPOConfig:
+        a, lr = self.algorithm, self.learner
+        sequences = a.prompts_per_step * a.group_size
+        if sequences % a.mini_batches_per_step:
+            raise ValueError(
+                f"algorithm.mini_batches_per_step={a.mini_batches_per_step} does not divide the "
+                f"{sequences} sequences per step (prompts_per_step x group_size)"
+            )
+        per_rank = sequences // a.mini_batches_per_step
+        if per_rank % lr.num_ranks:
+            raise ValueError(
+                f"learner.num_ranks={lr.num_ranks} does not divide a mini-batch of {per_rank} sequences"
+            )
+        per_rank //= lr.num_ranks
+        if per_rank % lr.micro_batch_size:
+            raise ValueError(
+                f"learner.micro_batch_size={lr.micro_batch_size} does not divide the {per_rank} "
+                "sequences each rank gets per mini-batch"
+            )
+        if a.clip_high < a.clip_low:
+            raise ValueError("algorithm.clip_high must be >= clip_low (clip-higher widens the upper bound)")
+        if self.cluster.placement == "colocated":
+            engines = self.rollout.num_engines * self.rollout.tensor_parallel_size
+            if engines != lr.num_ranks:
+                raise ValueError(
+                    f"cluster.placement=colocated shares each device between one learner rank and one "
+                    f"rollout worker: rollout.num_engines x tensor_parallel_size ({engines}) must equal "
+                    f"learner.num_ranks ({lr.num_ranks})"
+                )
+        if a.overlong == "penalty" and a.overlong_buffer >= self.rollout.max_new_tokens:
+            raise ValueError("algorithm.overlong_buffer must be smaller than rollout.max_new_tokens")
+        if lr.lora is not None and lr.lora.sync == "adapter" and lr.zero_stage == 3:
+            raise ValueError("learner.lora.sync=adapter with zero_stage=3 is not supported; use sync=merged")
+        return self
+
+    def batch_plan(self) -> str:
+        """The batch arithmetic, printed at start-up so nobody has to guess what a step is."""
+        a, lr = self.algorithm, self.learner
+        sequences = a.prompts_per_step * a.group_size
+        mini = sequences // a.mini_batches_per_step
+        per_rank = mini // lr.num_ranks
+        return (
+            f"{a.prompts_per_step} prompts x {a.group_size} completions = {sequences} sequences per step; "
+            f"{a.epochs_per_step} epoch(s) x {a.mini_batches_per_step} mini-batch(es) of {mini} = "
+            f"{a.epochs_per_step * a.mini_batches_per_step} optimizer step(s) per rollout batch; "
+            f"{per_rank} sequences per rank per mini-batch in micro-batches of {lr.micro_batch_size} "
+            f"({per_rank // lr.micro_batch_size} accumulation step(s)) on {lr.num_ranks} rank(s)"
+        )

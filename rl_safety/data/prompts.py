@@ -1,0 +1,110 @@
+"""Prompt datasets for RL: loading, chat formatting, and a resumable, epoch-aware sampler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_FILE_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as configured; the message names the source and the field."""
+
+
+def load_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
+    """Rows of a local JSON/JSONL/Parquet/CSV file or a Hugging Face dataset name, through
+    `datasets.load_dataset` (the same call a user's machine makes for a hub dataset)."""
+    from datasets import load_dataset
+
+    suffix = Path(source).suffix.lower()
+    if suffix in _FILE_FORMATS:
+        if not Path(source).is_file():
+            raise DatasetError(f"dataset file {source} does not exist")
+        dataset = load_dataset(_FILE_FORMATS[suffix], data_files={split: source}, split=split)
+    else:
+        dataset = load_dataset(source, split=split)
+    return [dict(row) for row in dataset]
+
+
+@dataclass
+class PromptExample:
+    index: int  # row index in the dataset (stable id, used for seeding and logging)
+    text: str  # the prompt as written in the dataset
+    token_ids: list[int]  # after chat formatting
+    columns: dict[str, Any]  # every other column: handed to the reward functions by name
+
+
+def build_prompts(rows: list[dict[str, Any]], tokenizer, *, source: str, prompt_key: str,
+                  chat_template: bool, system_prompt: str | None,
+                  max_prompt_tokens: int) -> tuple[list[PromptExample], int]:
+    """Tokenize prompts (chat-formatted when asked); returns the kept examples and the number
+    dropped for exceeding `max_prompt_tokens`."""
+    if rows and prompt_key not in rows[0]:
+        raise DatasetError(
+            f"{source}: no column {prompt_key!r} (data.prompt_key); columns are {sorted(rows[0])}"
+        )
+    examples, dropped = [], 0
+    for index, row in enumerate(rows):
+        text = row.get(prompt_key)
+        if not isinstance(text, str) or not text:
+            raise DatasetError(f"{source}: row {index} has no text in column {prompt_key!r}")
+        if chat_template:
+            messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+            messages.append({"role": "user", "content": text})
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+        else:
+            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        if len(ids) > max_prompt_tokens:
+            dropped += 1
+            continue
+        columns = {k: v for k, v in row.items() if k != prompt_key}
+        examples.append(PromptExample(index, text, list(ids), columns))
+    if not examples:
+        raise DatasetError(f"{source}: no prompt fits in data.max_prompt_tokens={max_prompt_tokens}")
+    return examples, dropped
+
+
+@dataclass
+class PromptSampler:
+    """Draws prompts epoch by epoch, in a seeded order per epoch.
+
+    Its whole state is (epoch, position), saved in checkpoints: a resumed run continues with the
+    exact prompts an uninterrupted run would have drawn, including across an epoch boundary
+    (a batch that straddles it takes the rest of one epoch and the start of the next)."""
+
+    size: int
+    seed: int
+    shuffle: bool = True
+    epoch: int = 0
+    position: int = 0
+    _order: np.ndarray | None = field(default=None, repr=False)
+
+    def _epoch_order(self) -> np.ndarray:
+        if self._order is None:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            self._order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
+        return self._order
+
+    def take(self, count: int) -> list[int]:
+        picked: list[int] = []
+        while len(picked) < count:
+            order = self._epoch_order()
+            need = count - len(picked)
+            chunk = order[self.position : self.position + need]
+            picked.extend(int(i) for i in chunk)
+            self.position += len(chunk)
+            if self.position >= self.size:
+                self.epoch, self.position, self._order = self.epoch + 1, 0, None
+        return picked
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.epoch, self.position, self._order = state["epoch"], state["position"], None

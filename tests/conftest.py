@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny real checkpoints (built from a config, tokenizer trained in-process)
+and small prompt files, created once per test session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+USER_REWARDS = REPO / "tests" / "fixtures" / "user_rewards.py"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """{"tied": path, "untied": path}: 2-layer Qwen2, hidden 128, head_dim 64."""
+    from rl_safety.models.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {
+        "tied": build_tiny_model(root / "tied", tie_word_embeddings=True, seed=0),
+        "untied": build_tiny_model(root / "untied", tie_word_embeddings=False, seed=1),
+    }
+
+
+@pytest.fixture(scope="session")
+def prompt_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "prompts.jsonl"
+    with path.open("w") as f:
+        for i in range(64):
+            f.write(json.dumps({"prompt": f"Write letters {i}", "label": "benign" if i % 2 else "harmful"}) + "\n")
+    return path
