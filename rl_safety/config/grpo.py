@@ -40,7 +40,7 @@ class RolloutSection(Section):
     tensor_parallel_size: int = Field(1, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(-1, description="-1 disables top-k")
+    top_k: int = Field(0, ge=0, description="0 disables top-k")
     max_new_tokens: int = Field(256, ge=1)
     max_model_len: int | None = Field(None, description="default: max_prompt_tokens + max_new_tokens")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU: share of memory for vLLM")

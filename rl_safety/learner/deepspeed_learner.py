@@ -193,6 +193,11 @@ class Learner:
         assert self.weight_sender is not None, "init_weight_sync first"
         self.weight_sender.send_weights()
 
+    def save_adapter(self, directory: str) -> None:
+        """LoRA sync as an adapter: rank 0 writes the adapter (replicated below ZeRO-3)."""
+        if self.rank == 0:
+            self.module.save_pretrained(directory)
+
     # ---------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, directory: str, tag: str) -> None:
         self.engine.save_checkpoint(directory, tag=tag)
@@ -209,13 +214,14 @@ class Learner:
                  for name, tensor in zip(names, tensors)}
         if self.rank != 0:
             return
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: I001
 
         config = AutoConfig.from_pretrained(self.cfg.model.path, trust_remote_code=self.cfg.model.trust_remote_code)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=self.dtype)
-        model.load_state_dict(state, strict=False, assign=True)
-        model.tie_weights()
+        model = AutoModelForCausalLM.from_config(config, dtype=self.dtype)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+        if set(missing) - tied or unexpected:
+            raise RuntimeError(f"export: missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
         model.save_pretrained(directory)
         AutoTokenizer.from_pretrained(self.cfg.model.path).save_pretrained(directory)
 

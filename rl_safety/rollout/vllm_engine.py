@@ -25,7 +25,8 @@ class RolloutEngine:
     def __init__(self, model_path: str, *, dtype: str, seed: int, tensor_parallel_size: int,
                  max_model_len: int, use_gpu: bool, gpu_memory_utilization: float,
                  kv_cache_memory_mb: int, enforce_eager: bool, sleep_mode: bool,
-                 trust_remote_code: bool = False, weight_transfer_backend: str = "gloo") -> None:
+                 trust_remote_code: bool = False, weight_transfer_backend: str = "gloo",
+                 max_lora_rank: int | None = None) -> None:
         from vllm import LLM
 
         from rl_safety.rollout.weight_transfer import register
@@ -43,9 +44,11 @@ class RolloutEngine:
             logprobs_mode="processed_logprobs",
             weight_transfer_config={"backend": weight_transfer_backend},
             distributed_executor_backend="ray" if tensor_parallel_size > 1 else None,
+            **({"enable_lora": True, "max_lora_rank": max_lora_rank} if max_lora_rank else {}),
             **memory,
         )
         self.asleep = False
+        self.lora_request = None  # the policy's adapter, when LoRA is synced as an adapter
 
     def generate(self, prompt_token_ids: list[list[int]], n: int, *, temperature: float,
                  top_p: float, top_k: int, max_new_tokens: int, seeds: list[int]) -> list[list[Completion]]:
@@ -59,7 +62,8 @@ class RolloutEngine:
             for seed in seeds
         ]
         outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_ids], params, use_tqdm=False
+            [TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_ids], params, use_tqdm=False,
+            lora_request=self.lora_request,
         )
         return [
             [
@@ -89,6 +93,14 @@ class RolloutEngine:
     def finish_weight_update(self) -> None:
         self.llm.finish_weight_update()
         # Cached prefixes hold KV computed by the old weights: reusing them would mix policies.
+        self.llm.reset_prefix_cache()
+
+    def load_adapter(self, path: str, version: int) -> None:
+        """Sample from now on with the LoRA adapter saved at `path`. A new id per version: vLLM
+        caches adapters by id, so reusing one would keep serving the old weights."""
+        from vllm.lora.request import LoRARequest
+
+        self.lora_request = LoRARequest(f"policy-v{version}", version, path)
         self.llm.reset_prefix_cache()
 
     # ------------------------------------------------------------------- colocation (GPU only)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,16 +67,29 @@ class Workers:
     """The run's actor groups, placed by `cluster.make_layout`."""
 
     def __init__(self, cfg: GRPOConfig, source: str) -> None:
+        self.cfg = cfg
+        self.adapter_sync = cfg.learner.lora is not None and cfg.learner.lora.sync == "adapter"
+        cluster.start_ray(cfg)
+        use_gpu = cluster.preflight(cfg, source)  # before any actor exists
+        self.rollouts: list[Any] = []
+        self.learners: list[Any] = []
+        self.reference = None
+        self.rewards = RewardPool([])
+        self.layout = cluster.make_layout(cfg, use_gpu)
+        try:
+            self._start(cfg, self.layout, use_gpu)
+        except BaseException:
+            self.shutdown()  # no orphaned actors or placement groups holding the devices
+            raise
+
+    def _start(self, cfg: GRPOConfig, layout: cluster.Layout, use_gpu: bool) -> None:
         import ray
 
         from rl_safety.learner.deepspeed_learner import Learner
         from rl_safety.learner.logprobs import ReferencePolicy
         from rl_safety.rollout.vllm_engine import RolloutEngine
 
-        cluster.start_ray(cfg)
-        use_gpu = cluster.preflight(cfg, source)
-        layout = cluster.make_layout(cfg, use_gpu)
-        self.cfg, self.layout = cfg, layout
+        tag = uuid.uuid4().hex[:6]  # actor names must be unique in the Ray namespace
         learner_ip, ds_port, sync_port = cluster.node_address_in(layout.learner_group, 0)
 
         ro = cfg.rollout
@@ -84,7 +98,7 @@ class Workers:
         self.rollouts = [
             rollout_cls.options(**cluster.in_bundle(
                 layout.rollout_group, i * ro.tensor_parallel_size, layout.rollout_share, use_gpu
-            ), name=f"rollout-{i}").remote(
+            ), name=f"rollout-{i}-{tag}").remote(
                 cfg.model.path, dtype=cfg.model.dtype, seed=cfg.run.seed + i,
                 tensor_parallel_size=ro.tensor_parallel_size, max_model_len=max_model_len,
                 use_gpu=use_gpu, gpu_memory_utilization=ro.gpu_memory_utilization,
@@ -92,6 +106,7 @@ class Workers:
                 sleep_mode=cfg.cluster.placement == "colocated",
                 trust_remote_code=cfg.model.trust_remote_code,
                 weight_transfer_backend="nccl" if use_gpu else "gloo",
+                max_lora_rank=cfg.learner.lora.rank if self.adapter_sync else None,
             )
             for i in range(ro.num_engines)
         ]
@@ -99,21 +114,21 @@ class Workers:
         n = cfg.learner.num_ranks
         self.learners = [
             learner_cls.options(**cluster.in_bundle(layout.learner_group, r, layout.learner_share * (0.8 if r == 0 else 1), use_gpu),
-                                name=f"learner-{r}").remote(cfg, r, n, learner_ip, ds_port, use_gpu)
+                                name=f"learner-{r}-{tag}").remote(cfg, r, n, learner_ip, ds_port, use_gpu)
             for r in range(n)
         ]
         self.reference = None
         if cfg.algorithm.kl_coef > 0 and cfg.learner.lora is None:
             self.reference = ray.remote(ReferencePolicy).options(
                 **cluster.in_bundle(layout.learner_group, 0, layout.learner_share * 0.2, use_gpu),
-                name="reference").remote(
+                name=f"reference-{tag}").remote(
                 cfg.model.path, cfg.model.dtype, ro.temperature, cfg.learner.micro_batch_size,
                 cfg.model.trust_remote_code,
             )
         reward_cls = ray.remote(num_cpus=0)(RewardWorker)
         sections = [r.model_dump() for r in cfg.rewards]
         self.rewards = RewardPool([
-            reward_cls.options(name=f"reward-{i}").remote(sections, cfg.reward_modules)
+            reward_cls.options(name=f"reward-{i}-{tag}").remote(sections, cfg.reward_modules)
             for i in range(cfg.cluster.reward_workers)
         ])
         # Construction errors (a model that does not load, a bad reward module) surface here.
@@ -123,24 +138,41 @@ class Workers:
             _get(self.reference.__ray_ready__.remote(), "starting the reference policy")
         _get([w.__ray_ready__.remote() for w in self.rewards.workers], "starting the reward workers")
 
-        workers = ro.num_engines * ro.tensor_parallel_size
-        offsets = [1 + i * ro.tensor_parallel_size for i in range(ro.num_engines)]
-        _get([learner.init_weight_sync.remote(
-            self.rollouts, learner_ip, sync_port, 1 + workers, offsets, "nccl" if use_gpu else "gloo"
-        ) for learner in self.learners], "forming the learner -> vLLM weight-sync group")
+        if not self.adapter_sync:
+            workers = ro.num_engines * ro.tensor_parallel_size
+            offsets = [1 + i * ro.tensor_parallel_size for i in range(ro.num_engines)]
+            _get([learner.init_weight_sync.remote(
+                self.rollouts, learner_ip, sync_port, 1 + workers, offsets, "nccl" if use_gpu else "gloo"
+            ) for learner in self.learners], "forming the learner -> vLLM weight-sync group")
 
     def learners_call(self, method: str, *args: Any, what: str) -> list[Any]:
         return _get([getattr(h, method).remote(*args) for h in self.learners], what)
 
+    def sync_weights(self, adapter_dir: Path, version: int) -> None:
+        """Learner -> vLLM: full weights (LoRA merged) through the weight-transfer engine, or,
+        with `lora.sync=adapter`, the adapter alone, saved on the run's (shared) path."""
+        if not self.adapter_sync:
+            self.learners_call("sync_weights", what="weight sync learner -> vLLM")
+            return
+        path = adapter_dir / f"v{version}"
+        self.learners_call("save_adapter", str(path), what="saving the LoRA adapter")
+        _get([e.load_adapter.remote(str(path), version) for e in self.rollouts], "loading the LoRA adapter in vLLM")
+        stale = adapter_dir / f"v{version - 2}"
+        if stale.exists():
+            import shutil
+
+            shutil.rmtree(stale)
+
     def shutdown(self) -> None:
         import ray
 
-        for group in {id(self.layout.learner_group): self.layout.learner_group,
-                      id(self.layout.rollout_group): self.layout.rollout_group}.values():
-            ray.util.remove_placement_group(group)
         for handle in [*self.rollouts, *self.learners, *self.rewards.workers,
                        *([self.reference] if self.reference else [])]:
             ray.kill(handle)
+        groups = {id(self.layout.learner_group): self.layout.learner_group,
+                  id(self.layout.rollout_group): self.layout.rollout_group}
+        for group in groups.values():
+            ray.util.remove_placement_group(group)
 
 
 # ------------------------------------------------------------------------------- the trainer
@@ -248,7 +280,7 @@ class GRPOTrainer:
 
         # 6. weight sync (learner -> vLLM)
         t = time.perf_counter()
-        self.workers.learners_call("sync_weights", what="weight sync learner -> vLLM")
+        self.workers.sync_weights(self.run.root / "adapters", version=step + 1)
         timings["timing/weight_sync"] += time.perf_counter() - t
 
         # metrics and sampled rollouts
@@ -390,7 +422,8 @@ class GRPOTrainer:
         merged = {k: sum(res[k] for res in results) for k in ("token_count", "clip_tokens", "entropy_sum")}
         if "kl_sum" in results[0]:
             merged["kl_sum"] = sum(res["kl_sum"] for res in results)
-        merged["loss"] = sum(res["loss"] for res in results)
+        # mean over the optimizer steps of this rollout batch
+        merged["loss"] = sum(res["loss"] for res in results) / (a.epochs_per_step * a.mini_batches_per_step)
         merged["grad_norm"] = results[0]["grad_norm"]
         merged["learning_rate"] = results[0]["learning_rate"]
         return merged
@@ -430,7 +463,7 @@ class GRPOTrainer:
         self.start_step = state["step"] + 1
         self.run.truncate_metrics(state["step"])
         # vLLM still holds the starting weights: bring it to the checkpoint's.
-        self.workers.learners_call("sync_weights", what="weight sync after resume")
+        self.workers.sync_weights(self.run.root / "adapters", version=self.start_step)
         log.info("resumed from %s at step %d", path, self.start_step)
 
 

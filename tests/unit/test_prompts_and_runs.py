@@ -1,0 +1,77 @@
+"""Pure logic around the loop: the resumable sampler, batch tensors, the run directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rl_safety.data.prompts import DatasetError, PromptExample, PromptSampler, build_prompts
+from rl_safety.rollout.vllm_engine import Completion
+from rl_safety.runs import RunDirectory
+from rl_safety.trainers.grpo import Sample, build_batch
+
+
+def test_sampler_covers_each_epoch_once_and_resumes_across_the_boundary():
+    full = PromptSampler(size=10, seed=3)
+    draws = [full.take(4) for _ in range(5)]  # 20 prompts: crosses the epoch boundary mid-batch
+    flat = [i for d in draws for i in d]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+    assert flat[:10] != flat[10:]  # a new order each epoch
+
+    resumed = PromptSampler(size=10, seed=3)
+    for _ in range(2):
+        resumed.take(4)
+    state = resumed.state()  # 8 drawn: next batch straddles the boundary
+    fresh = PromptSampler(size=10, seed=3)
+    fresh.restore(json.loads(json.dumps(state)))
+    assert [fresh.take(4) for _ in range(3)] == draws[2:]
+
+
+def test_build_batch_aligns_response_tokens_and_logprobs():
+    prompt = PromptExample(0, "p", [5, 6, 7], {})
+    samples = [Sample(prompt, Completion([8, 9], [-0.5, -0.25], "xy", False), 0),
+               Sample(prompt, Completion([10], [-1.0], "z", True), 0)]
+    batch = build_batch(samples, pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [5, 6, 7, 10, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    # shifted: position t holds token t+1, so the first response token (index 3) sits at t=2
+    assert batch["response_mask"].tolist() == [[0, 0, 1, 1], [0, 0, 1, 0]]
+    assert batch["rollout_logprobs"].tolist() == [[0, 0, -0.5, -0.25], [0, 0, -1.0, 0]]
+
+
+class _Tok:
+    eos_token_id = 1
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def test_build_prompts_errors_name_the_column_and_row():
+    rows = [{"question": "a"}]
+    with pytest.raises(DatasetError, match="no column 'prompt'.*question"):
+        build_prompts(rows, _Tok(), source="d.jsonl", prompt_key="prompt", chat_template=False,
+                      system_prompt=None, max_prompt_tokens=10)
+    with pytest.raises(DatasetError, match="row 1"):
+        build_prompts([{"prompt": "a"}, {"prompt": None}], _Tok(), source="d.jsonl", prompt_key="prompt",
+                      chat_template=False, system_prompt=None, max_prompt_tokens=10)
+    kept, dropped = build_prompts([{"prompt": "ab", "label": "x"}, {"prompt": "abcdef"}], _Tok(), source="d",
+                                  prompt_key="prompt", chat_template=False, system_prompt=None, max_prompt_tokens=3)
+    assert dropped == 1 and kept[0].columns == {"label": "x"}
+
+
+def test_checkpoint_commit_is_atomic_and_rotates(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    run.create(resume=False)
+    for step in (1, 3, 5):
+        (run.partial_checkpoint(step) / "weights").mkdir(parents=True)
+        run.commit_checkpoint(step, {"step": step}, keep=2)
+    assert [p.name for p in run.complete_checkpoints()] == ["step_3", "step_5"]
+    # a crash while writing step 7: learners wrote files, the driver state never landed
+    (run.partial_checkpoint(7) / "weights").mkdir(parents=True)
+    path, state = run.latest_checkpoint()
+    assert path.name == "step_5" and state == {"step": 5}
+    with pytest.raises(FileExistsError):
+        run.log_metrics(0, {"a": 1.0})
+        RunDirectory(tmp_path / "run").create(resume=False)
