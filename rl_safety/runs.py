@@ -39,22 +39,25 @@ class RunDirectory:
     def add_tensorboard(self) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(self.root / "tensorboard"))
-        self._sinks.append(lambda step, m: [writer.add_scalar(k, v, step) for k, v in m.items()
-                                            if isinstance(v, (int, float))])
+        self._sinks.append(_TensorBoardSink(SummaryWriter(str(self.root / "tensorboard"))))
 
     def add_wandb(self, project: str, name: str, config: dict[str, Any]) -> None:
         import wandb
 
-        run = wandb.init(project=project, name=name, config=config, dir=str(self.root), resume="allow")
-        self._sinks.append(lambda step, m: run.log(m, step=step))
+        self._sinks.append(_WandbSink(wandb.init(project=project, name=name, config=config,
+                                                 dir=str(self.root), resume="allow")))
+
+    def close(self) -> None:
+        for sink in self._sinks:
+            sink.close()
+        self._sinks.clear()
 
     def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         for sink in self._sinks:
-            sink(step, metrics)
+            sink.log(step, metrics)
 
     def truncate_metrics(self, last_step: int) -> None:
         """On resume, drop metric rows of steps after the checkpoint (they will be redone)."""
@@ -103,6 +106,30 @@ class RunDirectory:
         if not complete:
             return None
         return complete[-1], json.loads((complete[-1] / "driver_state.json").read_text())
+
+
+class _TensorBoardSink:
+    def __init__(self, writer) -> None:
+        self.writer = writer
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _WandbSink:
+    def __init__(self, run) -> None:
+        self.run = run
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        self.run.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 def _plain(value: Any) -> Any:

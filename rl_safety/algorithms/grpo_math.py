@@ -60,7 +60,8 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, clip_low: float, clip_high: float,
-                importance_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                importance_weights: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate with separate bounds (DAPO clip-higher): per-token loss [B, T] =
     -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A), r = pi / pi_old, optionally times a
     (detached) importance weight for the rollout/learner mismatch. `advantages` is [B].
@@ -135,7 +136,8 @@ def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor,
     raise ValueError(f"unknown loss aggregation {mode!r}")
 
 
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor,
+                         temperature: float = 1.0) -> torch.Tensor:
     """[B, T, V] logits, [B, T] tokens -> [B, T] log softmax(logits / temperature)[token]: the
     definition of vLLM's processed logprobs when no top-k/top-p truncation applies."""
     if temperature != 1.0:

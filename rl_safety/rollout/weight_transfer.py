@@ -135,20 +135,22 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooWorkerInitInfo, GlooUpda
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
         finalize_layerwise_reload(self.model, self.model_config)
-        self._repack_tied_lm_head()
+        self._retie_lm_head()
 
-    def _repack_tied_lm_head(self) -> None:
-        """Layerwise reload processes a tied parameter through one owner only (the input
-        embedding), so the head's packed GEMM handle would keep the *old* embedding matrix:
-        rollouts would sample from a stale head. Re-run the head's post-load processing."""
-        lm_head = getattr(self.model, "lm_head", None)
-        embed = getattr(getattr(self.model, "model", None), "embed_tokens", None)
-        if lm_head is None or embed is None:
+    def _retie_lm_head(self) -> None:
+        """With tied embeddings the checkpoint has no lm_head weight, so layerwise reload reports
+        the head as "failed to load" and puts back its *old* tensor (and old packed GEMM handle):
+        rollouts would sample from a stale head while the embedding is new. Re-tie the head to
+        the new embedding and re-run its post-load processing (the CPU GEMM packing)."""
+        if not getattr(self.model_config.hf_text_config, "tie_word_embeddings", False):
             return
-        if lm_head is embed or getattr(lm_head, "weight", None) is getattr(embed, "weight", None):
-            quant_method = getattr(lm_head, "quant_method", None)
-            if quant_method is not None:
-                quant_method.process_weights_after_loading(lm_head)
+        modules = dict(self.model.named_modules())
+        lm_head = modules.get("lm_head")
+        embed = next((m for name, m in modules.items() if name.endswith("embed_tokens")), None)
+        if lm_head is None or embed is None or lm_head is embed:
+            return
+        lm_head.weight = embed.weight
+        lm_head.quant_method.process_weights_after_loading(lm_head)
 
     def receive_weights(self, update_info: GlooUpdateInfo) -> None:
         if self.group is None:

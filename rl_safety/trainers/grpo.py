@@ -224,6 +224,7 @@ class GRPOTrainer:
             if last or (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0):
                 self.save_checkpoint(step)
         bar.close()
+        self.run.close()
         final = self.run.root / "final"
         self.workers.learners_call("export_hf", str(final), what="exporting the final policy")
         return final

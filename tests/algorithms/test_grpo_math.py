@@ -100,7 +100,7 @@ def test_policy_loss_gradient_and_approx_kl_match_a_loop():
     """d loss / d log pi = -r A w on tokens where the unclipped branch is the minimum, 0 where
     clipping took over; approx_kl = masked mean of r - 1 - log r (k3 of KL(pi_old || pi))."""
     logp, old, mask, adv = rand_batch(7)
-    w = torch.rand_like(logp) + 0.5
+    w = (torch.rand_like(logp) + 0.5).requires_grad_(True)  # a weight must act as a constant
     x = logp.clone().requires_grad_(True)
     loss, stats = gm.policy_loss(x, old, adv, mask, clip_low=0.1, clip_high=0.15, importance_weights=w)
     loss.sum().backward()
@@ -109,11 +109,11 @@ def test_policy_loss_gradient_and_approx_kl_match_a_loop():
         for t in range(logp.shape[1]):
             ratio, a, m = math.exp(float(logp[b, t] - old[b, t])), float(adv[b]), float(mask[b, t])
             clipped = min(max(ratio, 0.9), 1.15) * a
-            want = 0.0 if clipped < ratio * a else -ratio * a * float(w[b, t]) * m
+            want = 0.0 if clipped < ratio * a else -ratio * a * float(w[b, t].detach()) * m
             assert math.isclose(float(x.grad[b, t]), want, rel_tol=1e-4, abs_tol=1e-6)
             kl_sum += (ratio - 1 - math.log(ratio)) * m
     assert math.isclose(float(stats["approx_kl"]), kl_sum / float(mask.sum()), rel_tol=1e-4)
-    assert not w.requires_grad and all(not v.requires_grad for v in stats.values())
+    assert w.grad is None and all(not v.requires_grad for v in stats.values())
 
 
 def test_policy_loss_stays_finite_at_extreme_ratios():
@@ -175,13 +175,15 @@ def test_importance_weights(level, mode):
 
 def test_aggregations_match_loops():
     per_token, _, mask, _ = rand_batch(4)
-    rows = [[(float(per_token[b, t]), float(mask[b, t])) for t in range(per_token.shape[1])] for b in range(per_token.shape[0])]
+    B, T = per_token.shape
+    rows = [[(float(per_token[b, t]), float(mask[b, t])) for t in range(T)] for b in range(B)]
     token_mean = sum(x * m for r in rows for x, m in r) / sum(m for r in rows for _, m in r)
     seq_mean = statistics.fmean(sum(x * m for x, m in r) / sum(m for _, m in r) for r in rows)
     dr = sum(x * m for r in rows for x, m in r) / (16 * len(rows))
-    assert math.isclose(float(gm.aggregate_loss(per_token, mask, "token_mean")), token_mean, rel_tol=1e-5)
-    assert math.isclose(float(gm.aggregate_loss(per_token, mask, "seq_mean_token_mean")), seq_mean, rel_tol=1e-5)
-    assert math.isclose(float(gm.aggregate_loss(per_token, mask, "seq_mean_token_sum_norm", norm_constant=16)), dr, rel_tol=1e-5)
+    for mode, want in [("token_mean", token_mean), ("seq_mean_token_mean", seq_mean),
+                       ("seq_mean_token_sum_norm", dr)]:
+        got = gm.aggregate_loss(per_token, mask, mode, norm_constant=16)
+        assert math.isclose(float(got), want, rel_tol=1e-5), mode
     with pytest.raises(ValueError):
         gm.aggregate_loss(per_token, mask, "seq_mean_token_sum_norm")
 
@@ -230,12 +232,14 @@ def test_logprobs_from_logits_can_be_chunked_over_tokens():
     logits = torch.randn(2, 6, 11, generator=g)
     tokens = torch.randint(0, 11, (2, 6), generator=g)
     whole = gm.logprobs_from_logits(logits, tokens, temperature=1.3)
-    chunks = [gm.logprobs_from_logits(logits[:, i:i + 2], tokens[:, i:i + 2], temperature=1.3) for i in range(0, 6, 2)]
+    chunks = [gm.logprobs_from_logits(logits[:, i:i + 2], tokens[:, i:i + 2], temperature=1.3)
+              for i in range(0, 6, 2)]
     assert_close(torch.cat(chunks, dim=1), whole)
 
 
 def test_overlong_penalty_and_filter():
-    got = gm.overlong_penalty(torch.tensor([10, 60, 70, 80, 90]), max_len=80, buffer_len=20, penalty_factor=2.0)
+    lengths = torch.tensor([10, 60, 70, 80, 90])
+    got = gm.overlong_penalty(lengths, max_len=80, buffer_len=20, penalty_factor=2.0)
     assert got.tolist() == pytest.approx([0.0, 0.0, -1.0, -2.0, -2.0])
     lengths = list(range(0, 130, 7))
     want = []
@@ -261,6 +265,7 @@ def test_dynamic_sampling_keeps_groups_with_spread():
     got = gm.dynamic_sampling_keep(torch.tensor(sum(groups, [])), 4).tolist()
     assert got == [len(set(group)) > 1 for group in groups]
     # float noise below the tolerance is not spread
-    assert gm.dynamic_sampling_keep(torch.tensor([0.3, 0.1 + 0.2], dtype=torch.float64), 2).tolist() == [False]
+    noisy = torch.tensor([0.3, 0.1 + 0.2], dtype=torch.float64)
+    assert gm.dynamic_sampling_keep(noisy, 2).tolist() == [False]
     with pytest.raises(ValueError):
         gm.dynamic_sampling_keep(torch.ones(5), 2)

@@ -77,8 +77,13 @@ def ray_session():
         ("tied", {"learner.zero_stage": 2, "cluster.placement": "colocated", "rollout.num_engines": 2,
                   "learner.lora": {"rank": 8, "alpha": 16}, "algorithm.kl_coef": 0.05,
                   "learner.learning_rate": 1e-2}),
+        ("untied", {"learner.zero_stage": 2, "cluster.placement": "separate", "learner.learning_rate": 1e-2,
+                    "learner.lora": {"rank": 8, "alpha": 16, "sync": "adapter"}}),
+        ("untied", {"learner.zero_stage": 3, "cluster.placement": "separate", "learner.learning_rate": 1e-2,
+                    "learner.lora": {"rank": 8, "alpha": 16, "sync": "merged"}}),
     ],
-    ids=["zero2-separate-tied", "zero3-colocated-untied-kl", "lora-merged-colocated-tied-kl"],
+    ids=["zero2-separate-tied", "zero3-colocated-untied-kl", "lora-merged-colocated-tied-kl",
+         "lora-adapter-separate-untied", "lora-merged-zero3-separate-untied"],
 )
 def test_sync_keeps_rollout_and_learner_logprobs_equal(tmp_path, tiny_models, prompt_file, embeddings, overrides):
     run_dir, final = run(tmp_path, tiny_models[embeddings], prompt_file, overrides)
@@ -148,3 +153,12 @@ def test_more_learner_ranks_than_cpus_fails_before_any_actor(tmp_path, tiny_mode
     with pytest.raises(ClusterError, match="learner.num_ranks=16 but the Ray cluster has only 8 CPU"):
         run(tmp_path, tiny_models["tied"], prompt_file, {"learner.num_ranks": 16, "learner.micro_batch_size": 1})
     assert not [a for a in ray.util.list_named_actors()]
+
+
+def test_a_nan_reward_stops_the_run_naming_the_reward(tmp_path, tiny_models, prompt_file):
+    import rewards
+
+    with pytest.raises(rewards.RewardError, match="broken_nan.*nan"):
+        run(tmp_path, tiny_models["tied"], prompt_file, {
+            "rewards": [{"name": "char_fraction"}, {"name": "broken_nan"}],
+            "learner.num_ranks": 1, "learner.zero_stage": 0})

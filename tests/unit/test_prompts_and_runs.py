@@ -75,3 +75,18 @@ def test_checkpoint_commit_is_atomic_and_rotates(tmp_path):
     with pytest.raises(FileExistsError):
         run.log_metrics(0, {"a": 1.0})
         RunDirectory(tmp_path / "run").create(resume=False)
+
+
+def test_tensorboard_sink_writes_events(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = RunDirectory(tmp_path / "run")
+    run.create(resume=False)
+    run.add_tensorboard()
+    run.log_metrics(0, {"reward/total/mean": 0.25, "note": "text is skipped"})
+    run.log_metrics(1, {"reward/total/mean": 0.5})
+    run.close()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("reward/total/mean")] == [0.25, 0.5]
