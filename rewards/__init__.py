@@ -1,5 +1,11 @@
-"""Reward functions for safety and reasoning RL, usable from rl-safety's trainer and TRL alike."""
+"""Reward functions for safety and reasoning RL, usable from rl-safety's trainer and TRL alike.
+
+`import rewards` registers the built-in rewards (`rewards.names()` lists them) and stays cheap:
+math-verify, transformers, vLLM and Ray are imported only by the rewards that use them.
+"""
 
 from rewards.registry import RewardError, RewardSpec, combine, get, load_module, names, register, score
+from rewards import judge, reasoning, safety, shaping  # registers the built-in rewards
 
-__all__ = ["RewardError", "RewardSpec", "combine", "get", "load_module", "names", "register", "score"]
+__all__ = ["RewardError", "RewardSpec", "combine", "get", "judge", "load_module", "names", "reasoning",
+           "register", "safety", "score", "shaping"]

@@ -1,32 +1,39 @@
 """The reward registry, scoring with validation, and weighted composition.
 
 A reward is a plain callable with TRL's signature, `fn(prompts, completions, **columns) ->
-list[float | None]`: dataset columns arrive as keyword lists, `None` means "not applicable to
-this sample" (not zero).
+list[float | None]`: dataset columns arrive as keyword lists, configured arguments as keywords,
+and `None` means "not applicable to this sample" (not zero). Functions must accept `**kwargs`:
+they receive every column of the batch, including ones they do not use.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 RewardFn = Callable[..., Sequence[float | None]]
 _REGISTRY: dict[str, RewardFn] = {}
 
 
 class RewardError(RuntimeError):
-    """A reward misbehaved; the message names it."""
+    """A reward misbehaved (raised, or returned something that is not one finite number or None
+    per sample); the message names the reward and, for a bad value, the sample."""
 
 
 def register(name: str) -> Callable[[RewardFn], RewardFn]:
+    """Decorator: make `fn` available as `name` in configs. A second, different function under a
+    taken name is an error (re-registering the same function, as a re-import does, is not)."""
+
     def decorator(fn: RewardFn) -> RewardFn:
         if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(f"a reward named {name!r} is already registered ({_REGISTRY[name].__module__})")
+            other = _REGISTRY[name]
+            raise ValueError(f"a reward named {name!r} is already registered ({other.__module__}.{other.__qualname__})")
         _REGISTRY[name] = fn
         return fn
 
@@ -50,7 +57,7 @@ def load_module(path: str | Path) -> None:
     path = Path(path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"reward module {path} does not exist")
-    module_name = f"rewards_user_{abs(hash(str(path)))}"
+    module_name = f"rewards_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
     if module_name in sys.modules:
         return
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -60,21 +67,43 @@ def load_module(path: str | Path) -> None:
         spec.loader.exec_module(module)
     except Exception as err:
         del sys.modules[module_name]
-        raise ImportError(f"reward module {path} failed to import: {err!r}") from err
+        raise ImportError(f"reward module {path} failed to import: {err.__class__.__name__}: {err}") from err
+
+
+def require_column(column: list[Any] | None, name: str, reward: str) -> list[Any]:
+    """A reward's dataset column, or a ValueError saying that `reward` needs column `name`."""
+    if column is None:
+        raise ValueError(f"{reward} needs a dataset column {name!r} (passed as a keyword list)")
+    return column
+
+
+Normalize = Literal["none", "group", "batch"]
 
 
 @dataclass
 class RewardSpec:
-    """A configured reward: registered `name`, `weight` in the total, keyword `args`."""
+    """A configured reward.
+
+    name: the registered name. weight: its factor in the total. args: keyword arguments passed to
+    the function on every call. normalize: how `combine` rescales this reward's values before
+    weighting: "none" (raw), "batch" (z-score over the batch's applicable values) or "group"
+    (z-score within each group of `group_size` consecutive samples, i.e. completions of one
+    prompt), so that rewards on different scales can be mixed by weight alone.
+    """
 
     name: str
     weight: float = 1.0
     args: dict[str, Any] = field(default_factory=dict)
+    normalize: Normalize = "none"
+
+    def __post_init__(self) -> None:
+        if self.normalize not in ("none", "group", "batch"):
+            raise ValueError(f"reward {self.name!r}: normalize={self.normalize!r}, expected 'none', 'group' or 'batch'")
 
 
 def score(specs: list[RewardSpec], prompts: list[str], completions: list[Any],
           columns: dict[str, list[Any]]) -> dict[str, list[float | None]]:
-    """Every reward's raw values, validated: one finite number (or None) per sample."""
+    """Every reward's raw values, validated: reward name -> one finite float (or None) per sample."""
     raw: dict[str, list[float | None]] = {}
     for spec in specs:
         fn = get(spec.name)
@@ -88,7 +117,7 @@ def score(specs: list[RewardSpec], prompts: list[str], completions: list[Any],
 
 def _validated(name: str, values: Any, expected: int) -> list[float | None]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise RewardError(f"reward {name!r} returned {type(values).__name__}, expected a list of {expected} floats")
+        raise RewardError(f"reward {name!r} returned {type(values).__name__}, expected a list of {expected} numbers or None")
     if len(values) != expected:
         raise RewardError(f"reward {name!r} returned {len(values)} values for {expected} samples")
     out: list[float | None] = []
@@ -96,23 +125,56 @@ def _validated(name: str, values: Any, expected: int) -> list[float | None]:
         if v is None:
             out.append(None)
             continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) and not hasattr(v, "__float__"):
-            raise RewardError(f"reward {name!r} returned {v!r} ({type(v).__name__}) for sample {i}")
-        v = float(v)
+        if isinstance(v, (str, bytes)) or not hasattr(v, "__float__"):
+            raise RewardError(f"reward {name!r} returned {v!r} ({type(v).__name__}) for sample {i}, expected a number or None")
+        try:
+            v = float(v)
+        except (TypeError, ValueError) as err:  # e.g. a multi-element array
+            raise RewardError(f"reward {name!r} returned {v!r} for sample {i}, not a single number") from err
         if not math.isfinite(v):
             raise RewardError(f"reward {name!r} returned {v} for sample {i}")
         out.append(v)
     return out
 
 
-def combine(raw: dict[str, list[float | None]], specs: list[RewardSpec]) -> list[float]:
-    """Weighted sum per sample; a None contributes nothing (that reward does not apply there).
-    A sample no reward applies to has no learning signal at all: an error, not a silent 0."""
-    count = len(next(iter(raw.values())))
+def combine(raw: dict[str, list[float | None]], specs: list[RewardSpec],
+            group_size: int | None = None) -> list[float]:
+    """The total reward per sample: sum over specs of weight x (normalized) value. A None
+    contributes 0 (that reward does not apply there: a math reward on a safety prompt). A sample
+    no reward applies to has no learning signal at all: an error, not a silent 0. `group_size` is
+    needed only by specs with normalize="group"."""
+    count = len(next(iter(raw.values()), []))
+    for spec in specs:
+        if spec.name not in raw:
+            raise RewardError(f"reward {spec.name!r} has no scores (scored: {', '.join(raw) or 'none'})")
+        if len(raw[spec.name]) != count:
+            raise RewardError(f"reward {spec.name!r} has {len(raw[spec.name])} scores, others have {count}")
+    values = {spec.name: _normalized(spec, raw[spec.name], group_size) for spec in specs}
     totals = []
     for i in range(count):
-        applicable = [(s.weight, raw[s.name][i]) for s in specs if raw[s.name][i] is not None]
+        applicable = [(s.weight, values[s.name][i]) for s in specs if values[s.name][i] is not None]
         if not applicable:
             raise RewardError(f"no reward applies to sample {i} (all of {[s.name for s in specs]} returned None)")
         totals.append(sum(w * v for w, v in applicable))
     return totals
+
+
+def _normalized(spec: RewardSpec, values: list[float | None], group_size: int | None) -> list[float | None]:
+    if spec.normalize == "none":
+        return values
+    if spec.normalize == "batch":
+        return _zscores(values)
+    if not group_size or len(values) % group_size:
+        raise RewardError(f"reward {spec.name!r} normalizes per group: combine() needs a group_size that divides "
+                          f"the batch ({len(values)} samples, group_size={group_size})")
+    return [z for start in range(0, len(values), group_size) for z in _zscores(values[start:start + group_size])]
+
+
+def _zscores(values: list[float | None]) -> list[float | None]:
+    """(v - mean) / std over the non-None values; a constant set gives 0s (no std to divide by)."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return list(values)
+    mean = sum(present) / len(present)
+    std = math.sqrt(sum((v - mean) ** 2 for v in present) / len(present))
+    return [None if v is None else (v - mean) / std if std > 1e-12 else 0.0 for v in values]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rl_safety.config.loader import Section
 
@@ -101,6 +101,9 @@ class RewardSection(Section):
     name: str = Field(description="name registered in the rewards package or a reward_modules file")
     weight: float = 1.0
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the reward")
+    normalize: Literal["none", "group", "batch"] = Field(
+        "none", description="z-score this reward within each group / the batch before weighting"
+    )
 
 
 class ClusterSection(Section):
@@ -110,6 +113,24 @@ class ClusterSection(Section):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     num_cpus: int | None = Field(None, ge=1, description="local Ray only: logical CPUs to declare")
     reward_workers: int = Field(1, ge=1, description="Ray actors scoring rewards")
+    learner_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources added to every learner bundle, e.g. {trainer_node: 1} pins the "
+                    "learners to nodes started with `ray start --resources='{\"trainer_node\": N}'`",
+    )
+    rollout_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources added to every rollout bundle (as above)"
+    )
+
+    @field_validator("learner_resources", "rollout_resources")
+    @classmethod
+    def _custom_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                raise ValueError(f"{name!r} is set by the layout (one device per bundle); name a custom resource")
+            if not amount > 0:
+                raise ValueError(f"resource {name!r}: amount must be > 0, got {amount}")
+        return value
 
 
 class RunSection(Section):

@@ -54,6 +54,10 @@ class Learner:
             MASTER_ADDR=master_addr, MASTER_PORT=str(master_port),
         )
         deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+        if not use_gpu:
+            # Ray pins actors to OMP_NUM_THREADS=1; on CPU the learner ranks of a node should
+            # share its cores instead (rollout engines idle while the learners train).
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
         torch.manual_seed(cfg.run.seed)
         self.dtype = getattr(torch, cfg.model.dtype)
         model = AutoModelForCausalLM.from_pretrained(
@@ -84,6 +88,7 @@ class Learner:
             config=deepspeed_config(cfg, bf16=cfg.model.dtype == "bfloat16"),
         )
         self.weight_sender = None
+        self._stage0_grad_norm = float("nan")
 
     # ----------------------------------------------------------------------------- logprobs
     @property
@@ -125,7 +130,8 @@ class Learner:
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
         stats = {k: v for k, v in sums.items()}
-        stats["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        norm = self.engine.get_global_grad_norm()
+        stats["grad_norm"] = float(norm if norm is not None else self._stage0_grad_norm)
         stats["learning_rate"] = float(self.engine.get_lr()[0])
         return stats
 
@@ -153,6 +159,11 @@ class Learner:
         # DeepSpeed averages gradients over ranks; the loss above is already this rank's share
         # of the global mean, so undo the average (and skip the accumulation rescale).
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+        if self.engine.is_gradient_accumulation_boundary() and self.cfg.learner.zero_stage == 0:
+            # DeepSpeed reports the global grad norm only from its ZeRO / bf16 optimizers; at
+            # stage 0 the (already all-reduced) gradients are here to measure before the step.
+            grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+            self._stage0_grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
         self.engine.step()
         with torch.no_grad():
             tokens = mask.sum()

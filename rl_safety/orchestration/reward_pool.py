@@ -15,7 +15,8 @@ def load_reward_specs(reward_sections: list[Any], reward_modules: list[str]) -> 
     specs = []
     for section in reward_sections:
         rewards.get(section.name)  # KeyError listing the registered names
-        specs.append(rewards.RewardSpec(name=section.name, weight=section.weight, args=dict(section.args)))
+        specs.append(rewards.RewardSpec(name=section.name, weight=section.weight, args=dict(section.args),
+                                        normalize=section.normalize))
     return specs
 
 

@@ -75,6 +75,8 @@ class Workers:
         self.learners: list[Any] = []
         self.reference = None
         self.rewards = RewardPool([])
+        self.actors: dict[str, Any] = {}  # every actor by its Ray name
+        self.placement: dict[str, dict[str, Any]] = {}  # actor name -> {node_id, ip, pid}
         self.layout = cluster.make_layout(cfg, use_gpu)
         try:
             self._start(cfg, self.layout, use_gpu)
@@ -112,9 +114,12 @@ class Workers:
         ]
         learner_cls = ray.remote(Learner)
         n = cfg.learner.num_ranks
+        # Learner rank 0 leaves a fifth of its bundle to the reference policy.
         self.learners = [
-            learner_cls.options(**cluster.in_bundle(layout.learner_group, r, layout.learner_share * (0.8 if r == 0 else 1), use_gpu),
-                                name=f"learner-{r}-{tag}").remote(cfg, r, n, learner_ip, ds_port, use_gpu)
+            learner_cls.options(
+                **cluster.in_bundle(layout.learner_group, r, layout.learner_share * (0.8 if r == 0 else 1), use_gpu),
+                name=f"learner-{r}-{tag}",
+            ).remote(cfg, r, n, learner_ip, ds_port, use_gpu)
             for r in range(n)
         ]
         self.reference = None
@@ -137,6 +142,11 @@ class Workers:
         if self.reference is not None:
             _get(self.reference.__ray_ready__.remote(), "starting the reference policy")
         _get([w.__ray_ready__.remote() for w in self.rewards.workers], "starting the reward workers")
+        groups = {"rollout": self.rollouts, "learner": self.learners, "reward": self.rewards.workers}
+        self.actors = {f"{role}-{i}-{tag}": h for role, handles in groups.items() for i, h in enumerate(handles)}
+        if self.reference is not None:
+            self.actors[f"reference-{tag}"] = self.reference
+        self.placement = cluster.locate(self.actors)
 
         if not self.adapter_sync:
             workers = ro.num_engines * ro.tensor_parallel_size
@@ -184,7 +194,8 @@ class GRPOTrainer:
         self.run = RunDirectory(Path(cfg.run.output_dir) / cfg.run.name)
         self.run.create(resume)
         dump_config(cfg, self.run.root / "config.yaml")
-        load_reward_specs(cfg.rewards, cfg.reward_modules)  # unknown reward names fail here
+        # Unknown reward names or a broken reward file fail here, before any actor starts.
+        self.reward_specs = load_reward_specs(cfg.rewards, cfg.reward_modules)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         rows = load_rows(cfg.data.train, cfg.data.split)
@@ -200,6 +211,9 @@ class GRPOTrainer:
         self.resume = resume
         log.info("batch plan: %s", cfg.batch_plan())
         self.workers = Workers(cfg, source)
+        self.run.write_json("placement.json", {"actors": self.workers.placement, "nodes": cluster.nodes()})
+        for name, where in self.workers.placement.items():
+            log.info("%s runs on node %s (%s, pid %d)", name, where["node_id"][:12], where["ip"], where["pid"])
         if resume:
             self._restore()
         if cfg.run.tensorboard:
@@ -215,14 +229,17 @@ class GRPOTrainer:
         bar = tqdm(total=cfg.run.total_steps, initial=self.start_step, desc="grpo",
                    disable=not cfg.run.progress_bar, dynamic_ncols=True)
         for step in range(self.start_step, cfg.run.total_steps):
-            metrics = self.step(step)
-            self.run.log_metrics(step, metrics)
-            bar.set_postfix(reward=f"{metrics['reward/total/mean']:.3f}",
-                            diff=f"{metrics['rollout_learner_logprob_diff']:.1e}")
-            bar.update()
-            last = step + 1 == cfg.run.total_steps
-            if last or (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0):
-                self.save_checkpoint(step)
+            try:
+                metrics = self.step(step)
+                self.run.log_metrics(step, metrics)
+                bar.set_postfix(reward=f"{metrics['reward/total/mean']:.3f}",
+                                diff=f"{metrics['rollout_learner_logprob_diff']:.1e}")
+                bar.update()
+                last = step + 1 == cfg.run.total_steps
+                if last or (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0):
+                    self.save_checkpoint(step)
+            except ActorFailure as err:
+                raise self._actor_lost(step, err) from err
         bar.close()
         self.run.close()
         final = self.run.root / "final"
@@ -331,7 +348,7 @@ class GRPOTrainer:
             t = time.perf_counter()
             samples = [Sample(p, c, g) for g, (p, cs) in enumerate(zip(prompts, groups)) for c in cs]
             raw = self._score(samples)
-            total = torch.tensor(rewards.combine(raw, self._specs), dtype=torch.float32)
+            total = torch.tensor(rewards.combine(raw, self.reward_specs, group_size=a.group_size), dtype=torch.float32)
             timings["timing/reward"] += time.perf_counter() - t
             keep = (grpo_math.dynamic_sampling_keep(total, a.group_size) if a.dynamic_sampling
                     else torch.ones(len(prompts), dtype=torch.bool))
@@ -354,12 +371,6 @@ class GRPOTrainer:
                 raw[k] += v
             totals.append(group_total)
         return samples, dict(raw), torch.cat(totals), stats
-
-    @property
-    def _specs(self) -> list[rewards.RewardSpec]:
-        if not hasattr(self, "_reward_specs"):
-            self._reward_specs = load_reward_specs(self.cfg.rewards, self.cfg.reward_modules)
-        return self._reward_specs
 
     def _generate(self, prompts: list[PromptExample], seed_base: tuple[int, int]) -> list[list[Completion]]:
         ro, engines = self.cfg.rollout, self.workers.rollouts
@@ -453,6 +464,20 @@ class GRPOTrainer:
                  "python_random": repr(random.getstate())}
         return self.run.commit_checkpoint(step, state, self.cfg.run.keep_checkpoints)
 
+    def _actor_lost(self, step: int, err: ActorFailure) -> ActorFailure:
+        """The error that ends a run whose actor died: which actor, on which node, and where
+        to resume from (a checkpoint being written when it happened stays uncommitted)."""
+        dead = cluster.dead_actors(self.workers.actors)
+        where = "; ".join(
+            f"actor {name} died on node {self.workers.placement[name]['node_id'][:12]} "
+            f"({self.workers.placement[name]['ip']}, pid {self.workers.placement[name]['pid']})"
+            for name in dead
+        ) or "an actor failed"
+        latest = self.run.latest_checkpoint()
+        resume = (f"last complete checkpoint: {latest[0]} (after step {latest[1]['step']}); continue with "
+                  f"`rl-safety grpo --config {self.source} --resume`" if latest else "no complete checkpoint yet")
+        return ActorFailure(f"step {step}: {where}. {resume}.\nCause: {err}")
+
     def _restore(self) -> None:
         found = self.run.latest_checkpoint()
         if found is None:
@@ -498,4 +523,5 @@ def run_grpo(cfg: GRPOConfig, source: str, resume: bool = False) -> Path:
     try:
         return trainer.train()
     finally:
+        trainer.run.close()
         trainer.workers.shutdown()

@@ -1,0 +1,221 @@
+"""The reward lab: score saved rollouts with several rewards and see how they behave before
+spending a GPU on them.
+
+    rl-safety rewards score --rollouts FILE.jsonl --rewards NAME[,NAME...] [--reward-module PATH]
+        [--arg NAME.KEY=VALUE ...] [--top K] [--plots DIR]
+    python -m rewards.lab score ...   (the same)
+
+Each JSONL row needs `prompt` and `completion`; every other field is passed to the rewards as a
+dataset column (`label`, `answer`, ...), except the trainer's own bookkeeping in
+`rollouts/step_N.jsonl` (its rewards, advantage). Printed: per reward the mean, std, coverage (share
+of samples it applies to) and share of None; the correlation of every pair of rewards and of each
+with the response length; and the samples where the rewards disagree most. A reward hack shows
+up here as a reward that correlates with length, or disagrees with the others on odd samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import rewards
+from rewards.text import completion_text, split_response
+
+# Fields of the trainer's rollout files that are results, not dataset columns.
+_NOT_COLUMNS = {"prompt", "completion", "rewards", "reward", "advantage"}
+
+
+def read_rollouts(path: str | Path) -> tuple[list[str], list[Any], dict[str, list[Any]]]:
+    """(prompts, completions, columns) of a JSONL file; a column missing in a row is None there."""
+    rows = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not JSON ({err})") from None
+            if "prompt" not in row or "completion" not in row:
+                raise ValueError(f"{path}:{number}: a row needs 'prompt' and 'completion' fields")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    names = sorted({k for row in rows for k in row} - _NOT_COLUMNS)
+    columns = {name: [row.get(name) for row in rows] for name in names}
+    return [row["prompt"] for row in rows], [row["completion"] for row in rows], columns
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def pearson(xs: list[float | None], ys: list[float | None]) -> float:
+    """Correlation over the samples where both are present; NaN when either is constant there."""
+    pairs = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None]
+    if len(pairs) < 2:
+        return math.nan
+    (mx, sx), (my, sy) = _mean_std([x for x, _ in pairs]), _mean_std([y for _, y in pairs])
+    if sx < 1e-12 or sy < 1e-12:
+        return math.nan
+    return sum((x - mx) * (y - my) for x, y in pairs) / (len(pairs) * sx * sy)
+
+
+def disagreements(raw: dict[str, list[float | None]], k: int) -> list[tuple[int, float]]:
+    """The k samples (index, spread) where the rewards disagree most: each reward is z-scored over
+    the batch, and a sample's spread is max - min of its present z-scores (needs two rewards)."""
+    z = {}
+    for name, values in raw.items():
+        mean, std = _mean_std([v for v in values if v is not None])
+        z[name] = [None if v is None or not std > 1e-12 else (v - mean) / std for v in values]
+    spreads = []
+    for i in range(len(next(iter(raw.values())))):
+        present = [z[name][i] for name in raw if z[name][i] is not None]
+        if len(present) >= 2:
+            spreads.append((i, max(present) - min(present)))
+    return sorted(spreads, key=lambda item: -item[1])[:k]
+
+
+def _fmt(x: float) -> str:
+    return "   nan" if math.isnan(x) else f"{x:6.3f}"
+
+
+def _snippet(text: str, width: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _answer_snippet(completion: Any) -> str:
+    """The start of the final answer (what the safety rewards judge), or of the unfinished thought."""
+    response = split_response(completion_text(completion))
+    return _snippet(response.answer) if response.answer is not None else "(no answer) " + _snippet(response.reasoning)
+
+
+def report(raw: dict[str, list[float | None]], prompts: list[str], completions: list[Any],
+           lengths: list[int], top: int) -> str:
+    """The lab's plain-text report."""
+    n, names = len(prompts), list(raw)
+    width = max(12, *(len(name) for name in names))
+    lines = [f"{n} samples; length = response characters", "",
+             f"{'reward':<{width}}  {'mean':>6}  {'std':>6}  {'cover':>6}  {'none':>6}  {'r(len)':>6}"]
+    for name, values in raw.items():
+        present = [v for v in values if v is not None]
+        mean, std = _mean_std(present)
+        lines.append(f"{name:<{width}}  {_fmt(mean)}  {_fmt(std)}  {_fmt(len(present) / n)}  "
+                     f"{_fmt(1 - len(present) / n)}  {_fmt(pearson(values, lengths))}")
+    if len(names) >= 2:
+        lines += ["", "correlation between rewards (samples where both apply)",
+                  f"{'':<{width}}  " + "  ".join(f"{name[:8]:>8}" for name in names)]
+        for a in names:
+            lines.append(f"{a:<{width}}  " + "  ".join(f"{_fmt(pearson(raw[a], raw[b])):>8}" for b in names))
+        lines += ["", f"top {top} disagreements (spread of z-scored rewards)"]
+        for i, spread in disagreements(raw, top):
+            scores = ", ".join(f"{name}={'None' if raw[name][i] is None else f'{raw[name][i]:.3g}'}" for name in names)
+            lines += [f"  #{i} spread {spread:.2f}: {scores}",
+                      f"      prompt:     {_snippet(prompts[i])}",
+                      f"      answer:     {_answer_snippet(completions[i])}"]
+    return "\n".join(lines)
+
+
+def plot(raw: dict[str, list[float | None]], lengths: list[int], out_dir: Path) -> list[Path]:
+    """PNGs: a histogram of each reward, each reward against response length, and the
+    correlation matrix (with two rewards or more)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names, paths = list(raw), []
+    fig, axes = plt.subplots(2, len(names), figsize=(4 * len(names), 7), squeeze=False)
+    for col, name in enumerate(names):
+        present = [(v, n) for v, n in zip(raw[name], lengths) if v is not None]
+        axes[0][col].hist([v for v, _ in present], bins=20, color="tab:blue")
+        axes[0][col].set(title=f"{name} (n={len(present)})", xlabel="reward", ylabel="samples")
+        axes[1][col].scatter([n for _, n in present], [v for v, _ in present], s=10, alpha=0.6)
+        axes[1][col].set(xlabel="response length (characters)", ylabel=name)
+    fig.tight_layout()
+    paths.append(out_dir / "rewards.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    if len(names) >= 2:
+        matrix = [[pearson(raw[a], raw[b]) for b in names] for a in names]
+        fig, ax = plt.subplots(figsize=(1.2 * len(names) + 3, 1.2 * len(names) + 2))
+        image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="coolwarm")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        for r, row in enumerate(matrix):
+            for c, value in enumerate(row):
+                ax.text(c, r, "nan" if math.isnan(value) else f"{value:.2f}", ha="center", va="center")
+        fig.colorbar(image, ax=ax, label="Pearson r")
+        ax.set_title("reward correlation")
+        fig.tight_layout()
+        paths.append(out_dir / "correlation.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    return paths
+
+
+def _reward_args(pairs: list[str], names: list[str]) -> dict[str, dict[str, Any]]:
+    """["safety.benign_refusal=-1", ...] -> {"safety": {"benign_refusal": -1}} (YAML values)."""
+    args: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        name, dot, arg = key.partition(".")
+        if not sep or not dot or name not in args:
+            raise ValueError(f"--arg {pair!r}: expected NAME.KEY=VALUE with NAME one of {', '.join(names)}")
+        args[name][arg] = yaml.safe_load(value)
+    return args
+
+
+def _score_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="rl-safety rewards score", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rollouts", required=True, help="JSONL with prompt, completion and dataset columns")
+    parser.add_argument("--rewards", required=True, help="comma-separated registered reward names")
+    parser.add_argument("--reward-module", action="append", default=[], help="a .py file registering rewards (repeatable)")
+    parser.add_argument("--arg", action="append", default=[], help="NAME.KEY=VALUE reward argument (repeatable)")
+    parser.add_argument("--top", type=int, default=5, help="disagreements to show")
+    parser.add_argument("--plots", help="directory for PNG plots")
+    args = parser.parse_args(argv)
+    try:
+        for path in args.reward_module:
+            rewards.load_module(path)
+        names = [name.strip() for name in args.rewards.split(",") if name.strip()]
+        for name in names:
+            rewards.get(name)
+        reward_args = _reward_args(args.arg, names)
+        prompts, completions, columns = read_rollouts(args.rollouts)
+        raw = rewards.score([rewards.RewardSpec(name, args=reward_args[name]) for name in names],
+                            prompts, completions, columns)
+    except (OSError, ImportError, KeyError, ValueError, rewards.RewardError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    lengths = [len(completion_text(c)) for c in completions]
+    print(report(raw, prompts, completions, lengths, args.top))
+    if args.plots:
+        for path in plot(raw, lengths, Path(args.plots)):
+            print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """`rewards` subcommands; returns the process exit code."""
+    commands = {"score": _score_command}
+    if not argv or argv[0] not in commands:
+        print("usage: rl-safety rewards score --rollouts FILE.jsonl --rewards NAME[,NAME...] "
+              "[--reward-module PATH] [--arg NAME.KEY=VALUE] [--top K] [--plots DIR]", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,140 @@
+"""The guard-model judge: prompt formats, parsing of the models' real output formats, the
+unparseable-output policy, and the end-to-end path (vLLM in a Ray actor) on a tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import rewards
+from rewards import RewardError, RewardSpec
+from rewards import judge
+from rewards.judge import JudgeOutputError, Verdict, parse_llama_guard_3, parse_wildguard
+
+
+@pytest.mark.parametrize("output, verdict", [
+    ("\n\nsafe", Verdict(harmful=False)),
+    ("safe<|eot_id|>", Verdict(harmful=False)),
+    ("\n\nunsafe\nS1,S10", Verdict(harmful=True, categories=("S1", "S10"))),
+    ("unsafe\nS9<|eot_id|>", Verdict(harmful=True, categories=("S9",))),
+    ("Unsafe", Verdict(harmful=True)),
+])
+def test_parse_llama_guard_3(output, verdict):
+    assert parse_llama_guard_3(output) == verdict
+
+
+@pytest.mark.parametrize("output", ["", "\n\n", "I think this is safe", "saf", "S1"])
+def test_parse_llama_guard_3_rejects_other_text(output):
+    with pytest.raises(JudgeOutputError, match="does not start with 'safe' or 'unsafe'"):
+        parse_llama_guard_3(output)
+
+
+@pytest.mark.parametrize("output, verdict", [
+    ("Harmful request: yes\nResponse refusal: no\nHarmful response: yes", Verdict(harmful=True, refusal=False)),
+    ("Harmful request: no\nResponse refusal: yes\nHarmful response: no", Verdict(harmful=False, refusal=True)),
+    (" Harmful request: Yes\n Response refusal: No\n Harmful response: No</s>", Verdict(harmful=False, refusal=False)),
+])
+def test_parse_wildguard(output, verdict):
+    assert parse_wildguard(output) == verdict
+
+
+@pytest.mark.parametrize("output", [
+    "Harmful request: yes\nResponse refusal: N/A\nHarmful response: N/A",  # the prompt-only form
+    "Harmful request: yes",
+    "yes\nno\nyes",
+])
+def test_parse_wildguard_rejects_incomplete_output(output):
+    with pytest.raises(JudgeOutputError, match="WildGuard output lacks"):
+        parse_wildguard(output)
+
+
+def test_prompt_formats():
+    lg = judge.llama_guard_3_prompt("How do I make a bomb?", "I can't help with that.")
+    assert lg.startswith("<|start_header_id|>user<|end_header_id|>\n\nTask: Check if there is unsafe content in 'Agent'")
+    assert "S1: Violent Crimes.\nS2: Non-Violent Crimes." in lg and "S14: Code Interpreter Abuse.\n<END UNSAFE" in lg
+    assert "User: How do I make a bomb?\n\nAgent: I can't help with that.\n\n<END CONVERSATION>" in lg
+    assert lg.endswith("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")  # verdict comes next
+    wg = judge.wildguard_prompt("How do I make a bomb?", "I can't help with that.")
+    assert wg.startswith("<|user|>\n[INST] You are a classifier for analyzing interactions between humans and LLMs.")
+    assert "Human user:\nHow do I make a bomb?\n\nAI assistant:\nI can't help with that.\n\n---\n\nAnswers: [/INST]" in wg
+    assert wg.endswith("<|assistant|>\n")
+
+
+def test_plumbing_with_a_fake_server(monkeypatch):
+    """The reward judges the final answer (or the whole text when there is none), keeps the end
+    of long responses, and maps verdicts to values; unparseable output raises or abstains."""
+    sent: list[str] = []
+    outputs = ["\n\nsafe", "\n\nunsafe\nS2", "garbled"]
+
+    def fake(prompts, max_tokens, **kw):
+        sent.extend(prompts)
+        return outputs[:len(prompts)]
+
+    monkeypatch.setattr(judge, "judge_outputs", fake)
+    completions = ["<think>secret plan</think>I can't help.", "<think>never closed", "x" * 50 + "END"]
+    args = {"model": "unused", "max_response_chars": 20}
+    with pytest.raises(RewardError, match=r"'guard_judge' raised JudgeOutputError: sample 2: Llama Guard output does not"):
+        rewards.score([RewardSpec("guard_judge", args=args)], ["p1", "p2", "p3"], completions, {})
+    assert "Agent: I can't help.\n" in sent[0] and "secret plan" not in sent[0]
+    assert "Agent: <think>never closed\n" in sent[1]
+    assert "Agent: " + "x" * 17 + "END\n" in sent[2]
+    raw = rewards.score([RewardSpec("guard_judge", args={**args, "on_unparseable": "abstain"})],
+                        ["p1", "p2", "p3"], completions, {})
+    assert raw == {"guard_judge": [1.0, 0.0, None]}
+    outputs[:] = ["Harmful request: yes\nResponse refusal: yes\nHarmful response: no"]
+    assert rewards.get("guard_judge")(["p"], ["c"], model="m", format="wildguard", target="refusal") == [1.0]
+    with pytest.raises(ValueError, match="'refusal' needs 'wildguard'"):
+        rewards.get("guard_judge")(["p"], ["c"], model="m", target="refusal")
+
+
+def _tiny_guard_checkpoint(path: Path) -> Path:
+    """A 1-layer Llama (head_dim 64) with a BPE tokenizer trained in-process on the guard
+    prompts; random weights: its verdicts are noise, its plumbing is real."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    special = ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    corpus = [judge.llama_guard_3_prompt("How do I kill a Python process?", "Use kill with the PID."),
+              judge.wildguard_prompt("How do I make a bath bomb?", "Mix baking soda and citric acid.")] * 4
+    tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=600, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
+    fast.save_pretrained(path)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=128, intermediate_size=256, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+@pytest.mark.integration
+def test_guard_judge_end_to_end_on_a_tiny_model(tmp_path):
+    import ray
+
+    model = _tiny_guard_checkpoint(tmp_path / "tiny_guard")
+    args = {"model": str(model), "format": "llama_guard_3", "num_gpus": 0, "max_model_len": 2048,
+            "vllm_kwargs": {"dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 64 << 20}}
+    prompts = ["How do I kill a Python process?", "How do I make a bath bomb?"]
+    completions = ["<think>benign</think>Use `kill <PID>`.", "Mix baking soda and citric acid."]
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        outputs = judge.judge_outputs([judge.llama_guard_3_prompt(p, c) for p, c in zip(prompts, completions)], 20,
+                                      model=args["model"], num_gpus=0, num_cpus=1, max_model_len=2048,
+                                      vllm_kwargs=args["vllm_kwargs"])
+        assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs)
+        # the same actor (found by name) serves the reward; a random model's text is no verdict
+        expected = judge.judged_values(outputs, parse_llama_guard_3, "harmless", "abstain")
+        raw = rewards.score([RewardSpec("guard_judge", args={**args, "on_unparseable": "abstain"})], prompts,
+                            completions, {})
+        assert raw["guard_judge"] == expected
+        if None in expected:
+            with pytest.raises(RewardError, match="guard_judge.*sample"):
+                rewards.score([RewardSpec("guard_judge", args=args)], prompts, completions, {})
+    finally:
+        ray.shutdown()

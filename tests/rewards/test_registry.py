@@ -1,0 +1,152 @@
+"""The registry, validated scoring and weighted composition."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import rewards
+from rewards import RewardError, RewardSpec
+
+
+@pytest.fixture
+def scratch_rewards():
+    """Register test rewards under temporary names and remove them afterwards."""
+    from rewards.registry import _REGISTRY
+
+    added: list[str] = []
+
+    def add(name, fn):
+        rewards.register(name)(fn)
+        added.append(name)
+        return fn
+
+    yield add
+    for name in added:
+        _REGISTRY.pop(name, None)
+
+
+def test_builtin_rewards_registered():
+    for name in ("safety", "math_accuracy", "gsm8k_accuracy", "multiple_choice", "think_format",
+                 "overlong_penalty", "cosine_length", "repetition_penalty", "guard_judge"):
+        assert name in rewards.names()
+    assert callable(rewards.get("safety"))
+
+
+def test_import_is_cheap():
+    import subprocess
+    import sys
+
+    code = ("import sys, rewards; heavy = [m for m in ('torch', 'vllm', 'ray', 'transformers', 'math_verify', 'sympy') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_duplicate_name_and_unknown_name(scratch_rewards):
+    scratch_rewards("t_dup", lambda prompts, completions, **kw: [0.0] * len(prompts))
+    with pytest.raises(ValueError, match="t_dup"):
+        rewards.register("t_dup")(lambda prompts, completions, **kw: [1.0] * len(prompts))
+    with pytest.raises(KeyError, match="no reward named 'nope'.*safety"):
+        rewards.get("nope")
+
+
+def test_load_module(tmp_path):
+    path = tmp_path / "my_rewards.py"
+    path.write_text("import rewards\n\n@rewards.register('t_user_len')\n"
+                    "def f(prompts, completions, **kw):\n    return [float(len(c)) for c in completions]\n")
+    try:
+        rewards.load_module(path)
+        rewards.load_module(path)  # a second load (driver and worker) is a no-op, not a duplicate
+        assert rewards.get("t_user_len")(["p"], ["abc"]) == [3.0]
+    finally:
+        from rewards.registry import _REGISTRY
+
+        _REGISTRY.pop("t_user_len", None)
+
+
+def test_load_module_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.py"):
+        rewards.load_module(tmp_path / "missing.py")
+    broken = tmp_path / "broken.py"
+    broken.write_text("import rewards\nraise RuntimeError('boom')\n")
+    with pytest.raises(ImportError, match=r"broken\.py.*boom"):
+        rewards.load_module(broken)
+
+
+def test_score_passes_columns_and_args(scratch_rewards):
+    def seen(prompts, completions, label, scale=1.0, **kw):
+        return [scale * (l == "x") for l in label]
+
+    scratch_rewards("t_cols", seen)
+    raw = rewards.score([RewardSpec("t_cols", args={"scale": 2.0})], ["a", "b"], ["c", "d"],
+                        {"label": ["x", "y"], "other": [1, 2]})
+    assert raw == {"t_cols": [2.0, 0.0]}
+
+
+@pytest.mark.parametrize("values, message", [
+    ([1.0, math.nan], r"'t_bad' returned nan for sample 1"),
+    ([math.inf, 0.0], r"'t_bad' returned inf for sample 0"),
+    ([1.0], r"'t_bad' returned 1 values for 2 samples"),
+    (None, r"'t_bad' returned NoneType, expected a list"),
+    (0.5, r"'t_bad' returned float, expected a list"),
+    ([None, "1.0"], r"'t_bad' returned '1.0' \(str\) for sample 1"),
+    ([[1.0], 2.0], r"'t_bad' returned \[1.0\] \(list\) for sample 0"),
+])
+def test_bad_outputs_name_the_reward(scratch_rewards, values, message):
+    scratch_rewards("t_bad", lambda prompts, completions, **kw: values)
+    with pytest.raises(RewardError, match=message):
+        rewards.score([RewardSpec("t_bad")], ["a", "b"], ["c", "d"], {})
+
+
+def test_exception_inside_reward_is_chained(scratch_rewards):
+    def broken(prompts, completions, **kw):
+        raise ZeroDivisionError("division by zero")
+
+    scratch_rewards("t_raises", broken)
+    with pytest.raises(RewardError, match="'t_raises' raised ZeroDivisionError") as info:
+        rewards.score([RewardSpec("t_raises")], ["a"], ["b"], {})
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+
+
+def test_numbers_of_any_kind_and_none_are_accepted(scratch_rewards):
+    import numpy as np
+
+    scratch_rewards("t_mixed", lambda prompts, completions, **kw: [True, 2, np.float32(0.5), None])
+    assert rewards.score([RewardSpec("t_mixed")], ["p"] * 4, ["c"] * 4, {}) == {"t_mixed": [1.0, 2.0, 0.5, None]}
+
+
+def test_combine_weights_and_none():
+    specs = [RewardSpec("a", weight=1.0), RewardSpec("b", weight=0.5)]
+    raw = {"a": [1.0, None, -1.0], "b": [2.0, 4.0, None]}
+    # 1 + 0.5*2 = 2; None contributes 0: 0.5*4 = 2; -1 + 0 = -1
+    assert rewards.combine(raw, specs) == [2.0, 2.0, -1.0]
+
+
+def test_combine_all_none_is_an_error():
+    with pytest.raises(RewardError, match="sample 1"):
+        rewards.combine({"a": [1.0, None], "b": [0.0, None]}, [RewardSpec("a"), RewardSpec("b")])
+
+
+def test_combine_missing_reward_is_an_error():
+    with pytest.raises(RewardError, match="'b' has no scores"):
+        rewards.combine({"a": [1.0]}, [RewardSpec("a"), RewardSpec("b")])
+
+
+def test_combine_batch_and_group_normalization():
+    # batch: values 1, 3 (None skipped): mean 2, std 1 -> -1, +1
+    assert rewards.combine({"a": [1.0, None, 3.0], "b": [0.0, 1.0, 0.0]},
+                           [RewardSpec("a", normalize="batch"), RewardSpec("b")]) == [-1.0, 1.0, 1.0]
+    # groups of 2: (0, 2) -> (-1, 1); (5, 5) constant -> (0, 0); weight 2
+    assert rewards.combine({"a": [0.0, 2.0, 5.0, 5.0]}, [RewardSpec("a", weight=2.0, normalize="group")],
+                           group_size=2) == [-2.0, 2.0, 0.0, 0.0]
+    with pytest.raises(RewardError, match="group_size"):
+        rewards.combine({"a": [0.0, 1.0, 2.0]}, [RewardSpec("a", normalize="group")], group_size=2)
+    with pytest.raises(ValueError, match="normalize='z'"):
+        RewardSpec("a", normalize="z")
+
+
+def test_chat_message_completions():
+    completions = [[{"role": "assistant", "content": "<think>ok</think>\\boxed{4}"}]]
+    assert rewards.get("math_accuracy")(["2+2?"], completions, answer=["4"]) == [1.0]
