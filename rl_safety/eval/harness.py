@@ -1,0 +1,220 @@
+"""`rl-safety eval --model M --suite S`: generate with vLLM rollout actors, score with the rewards
+package, write per-prompt and per-suite results with confidence intervals, and the eval's cost.
+
+    RUN/eval/SUITE/samples.jsonl   one line per prompt: its responses, tokens, and every score
+    RUN/eval/SUITE/results.json    per benchmark: each metric with its 95% CI (see scorers.py)
+    RUN/eval/SUITE/cost.json       the eval's cost ledger
+
+RUN is the training run when M is its `final/` export (RUN/final), else `--output`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+from rl_safety.config.loader import ConfigError, load_config
+from rl_safety.data.prompts import DatasetError, build_prompts
+from rl_safety.eval import scorers
+from rl_safety.eval.suite import Benchmark, EvalPrompt, Suite, load_benchmark, resolve_data
+from rl_safety.ledger import CostLedger
+
+log = logging.getLogger("rl_safety.eval")
+
+REPO = Path(__file__).resolve().parents[2]
+CI_NOTE = ("95% intervals: Wilson score interval when each prompt has one binary score (n=1); percentile "
+           f"bootstrap over prompts ({scorers.BOOTSTRAP_RESAMPLES} resamples) when prompts have n>1 samples")
+
+
+def find_suite(name_or_path: str) -> Path:
+    """A suite file path, or a name under configs/eval/ ("default" -> configs/eval/default.yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    named = REPO / "configs" / "eval" / f"{name_or_path}.yaml"
+    if named.is_file():
+        return named
+    known = sorted(p.stem for p in (REPO / "configs" / "eval").glob("*.yaml"))
+    raise ConfigError(f"suite {name_or_path!r} is neither a file nor one of configs/eval/: {known}")
+
+
+def default_run_dir(model: str) -> Path:
+    """The training run a model came from (RUN/final -> RUN), else evals/<model name>."""
+    path = Path(model)
+    if path.name == "final" and (path.parent / "config.yaml").exists():
+        return path.parent
+    return Path("evals") / path.name
+
+
+def _sample_seed(seed: int, bench: str, row: int) -> int:
+    return zlib.crc32(f"{seed}/{bench}/{row}".encode()) % (2**31)
+
+
+class Engines:
+    """RolloutEngine Ray actors serving the model under evaluation."""
+
+    def __init__(self, model: str, suite: Suite) -> None:
+        import ray
+
+        from rl_safety.rollout.vllm_engine import RolloutEngine
+
+        g = suite.generation
+        if not ray.is_initialized():
+            ray.init(num_cpus=max(os.cpu_count() or 1, g.engines + 1), include_dashboard=False)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        self.use_gpu = gpus > 0 if g.device == "auto" else g.device == "gpu"
+        if self.use_gpu and gpus < g.engines * g.tensor_parallel_size:
+            raise ConfigError(f"generation: {g.engines} engine(s) x tensor_parallel_size {g.tensor_parallel_size} "
+                              f"need that many GPUs; the Ray cluster has {gpus}")
+        self.devices = g.engines * g.tensor_parallel_size if self.use_gpu else g.engines
+        max_new = max(b.sampling.max_new_tokens for b in suite.benchmarks)
+        actor = ray.remote(RolloutEngine).options(
+            num_cpus=1, num_gpus=(1 if self.use_gpu and g.tensor_parallel_size == 1 else 0))
+        self.handles = [
+            actor.remote(model, dtype=g.dtype, seed=g.seed + i, tensor_parallel_size=g.tensor_parallel_size,
+                         max_model_len=g.max_model_len or g.max_prompt_tokens + max_new, use_gpu=self.use_gpu,
+                         gpu_memory_utilization=g.gpu_memory_utilization, kv_cache_memory_mb=g.kv_cache_memory_mb,
+                         enforce_eager=g.enforce_eager, sleep_mode=False, trust_remote_code=g.trust_remote_code,
+                         weight_transfer_backend="nccl" if self.use_gpu else "gloo")
+            for i in range(g.engines)
+        ]
+        ray.get([h.__ray_ready__.remote() for h in self.handles])
+
+    def generate(self, token_ids: list[list[int]], seeds: list[int], bench: Benchmark) -> list[list[Any]]:
+        import ray
+
+        s = bench.sampling
+        size = -(-len(token_ids) // len(self.handles))
+        futures = [h.generate.remote(token_ids[i * size:(i + 1) * size], s.n, temperature=s.temperature,
+                                     top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens,
+                                     seeds=seeds[i * size:(i + 1) * size])
+                   for i, h in enumerate(self.handles) if i * size < len(token_ids)]
+        return [group for part in ray.get(futures) for group in part]
+
+    def shutdown(self) -> None:
+        import ray
+
+        for handle in self.handles:
+            ray.kill(handle)
+
+
+def run_eval(model: str, suite: Suite, suite_file: Path | None, run_dir: Path) -> dict[str, Any]:
+    """Evaluate `model` on `suite`; returns results.json's content (also written under
+    run_dir/eval/<suite.name>/)."""
+    from transformers import AutoTokenizer
+
+    out = Path(run_dir) / "eval" / suite.name
+    # Every benchmark is loaded and checked before any actor starts: a bad row fails in seconds.
+    loaded: dict[str, tuple[Benchmark, str, list[EvalPrompt]]] = {}
+    for bench in suite.benchmarks:
+        source = resolve_data(suite, suite_file, bench.data)
+        loaded[bench.name] = (bench, source, load_benchmark(bench, source))
+    out.mkdir(parents=True, exist_ok=True)
+    ledger = CostLedger(out, "eval", model_path=model)
+    g = suite.generation
+    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=g.trust_remote_code)
+    engines = Engines(model, suite)
+    ledger.set_devices("gpu" if engines.use_gpu else "cpu", engines.devices)
+    results: dict[str, Any] = {
+        "suite": suite.name, "suite_file": str(suite_file) if suite_file else None, "model": str(model),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "generation": g.model_dump(mode="json"), "guard": suite.guard.model_dump(mode="json") if suite.guard else None,
+        "confidence_intervals": CI_NOTE, "benchmarks": {},
+    }
+    # Generate everything first, then free the devices: the guard judge may need the same GPU.
+    generated: dict[str, tuple[list[EvalPrompt], list[Any], list[Any], int]] = {}
+    completed = False
+    try:
+        try:
+            for name, (bench, source, prompts) in loaded.items():
+                log.info("eval %s: %d prompts x %d samples", name, len(prompts), bench.sampling.n)
+                generated[name] = _generate(bench, source, prompts, tokenizer, engines, g, ledger)
+            ledger.record_memory({f"rollout-{i}": h for i, h in enumerate(engines.handles)})
+        finally:
+            engines.shutdown()
+        with (out / "samples.jsonl").open("w") as samples_file:
+            for name, (bench, source, _) in loaded.items():
+                with ledger.phase("scoring"):
+                    results["benchmarks"][name] = _score(bench, source, *generated[name], suite, samples_file)
+        completed = True
+    finally:
+        ledger.finish(complete=completed)  # the cost of a failed eval too
+    results["cost"] = json.loads((out / "cost.json").read_text())
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def _generate(bench: Benchmark, source: str, prompts: list[EvalPrompt], tokenizer, engines: Engines, g,
+              ledger: CostLedger) -> tuple[list[EvalPrompt], list[Any], list[Any], int]:
+    """(prompts kept, their chat-formatted PromptExamples, completion groups, prompts dropped as too long)."""
+    examples, dropped = build_prompts(
+        [{"prompt": p.text} for p in prompts], tokenizer, source=source, prompt_key="prompt",
+        chat_template=g.chat_template, system_prompt=g.system_prompt, max_prompt_tokens=g.max_prompt_tokens)
+    if dropped:
+        log.warning("%s: %d prompts longer than generation.max_prompt_tokens=%d were dropped",
+                    bench.name, dropped, g.max_prompt_tokens)
+    kept = [prompts[e.index] for e in examples]
+    with ledger.phase("generation"):
+        groups = engines.generate([e.token_ids for e in examples],
+                                  [_sample_seed(g.seed, bench.name, p.row) for p in kept], bench)
+    ledger.add_tokens(generated=sum(len(c.token_ids) for group in groups for c in group),
+                      prefilled=sum(len(e.token_ids) for e in examples))
+    return kept, examples, groups, dropped
+
+
+def _score(bench: Benchmark, source: str, kept: list[EvalPrompt], examples: list[Any], groups: list[Any],
+           dropped: int, suite: Suite, samples_file) -> dict[str, Any]:
+    texts = [[c.text for c in group] for group in groups]
+    per_prompt = scorers.score_samples(bench, kept, texts, suite.guard)
+    per_prompt["truncated"] = [[float(c.truncated) for c in group] for group in groups]
+    for i, (p, e, group) in enumerate(zip(kept, examples, groups, strict=True)):
+        samples_file.write(json.dumps({
+            "benchmark": bench.name, "row": p.row, "id": p.id, "prompt": p.text, "answer": p.answer,
+            "prompt_tokens": len(e.token_ids),
+            "responses": [{"text": c.text, "tokens": len(c.token_ids), "truncated": c.truncated} for c in group],
+            "scores": {name: values[i] for name, values in per_prompt.items()},
+        }) + "\n")
+    tokens = [len(c.token_ids) for group in groups for c in group]
+    return {
+        "kind": bench.kind, "data": source, "scorers": bench.scorers, "sampling": bench.sampling.model_dump(),
+        "prompts": len(kept), "dropped_long_prompts": dropped,
+        "mean_response_tokens": sum(tokens) / len(tokens),
+        "metrics": {scorers.METRIC_NAMES.get(name, name + "_rate"): scorers.summarize(values)
+                    for name, values in per_prompt.items()},
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="rl-safety eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="Hugging Face checkpoint (a run's final/ directory or a path)")
+    parser.add_argument("--suite", required=True, help="suite YAML, or a name in configs/eval/ (e.g. default)")
+    parser.add_argument("--output", default=None,
+                        help="run directory to write eval/SUITE/ into (default: RUN for RUN/final, else evals/NAME)")
+    parser.add_argument("--limit", type=int, default=None, help="at most N prompts per benchmark (a quick run)")
+    parser.add_argument("overrides", nargs="*", help="key=value suite overrides, e.g. generation.engines=2 data_root=/data")
+    args = parser.parse_args(argv)
+    try:
+        suite_file = find_suite(args.suite)
+        suite = load_config(Suite, suite_file, args.overrides)
+        for bench in suite.benchmarks if args.limit else []:
+            bench.limit = min(bench.limit or args.limit, args.limit)
+        results = run_eval(args.model, suite, suite_file, Path(args.output) if args.output else default_run_dir(args.model))
+    except (ConfigError, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for name, bench in results["benchmarks"].items():
+        shown = ", ".join(f"{metric} {m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+                          for metric, m in bench["metrics"].items() if m["value"] is not None)
+        print(f"{name} ({bench['kind']}, {bench['prompts']} prompts): {shown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,175 @@
+"""Evaluation suites: typed configs (`configs/eval/*.yaml`) and the benchmark rows they point at.
+
+A benchmark is a data file + a field mapping + scorers + sampling settings:
+
+    - name: gsm8k
+      kind: reasoning                # harmful | benign | reasoning
+      data: gsm8k/test.jsonl         # relative to the suite's data_root (or absolute)
+      fields: {prompt: question, answer: answer}
+      scorers: [gsm8k]               # refusal, guard, and the rewards verifiers: gsm8k, math, multiple_choice
+      sampling: {n: 4, temperature: 0.6, top_p: 0.95, max_new_tokens: 4096}
+
+`kind` says what the benchmark measures: refusal of harmful prompts (safety; the guard judge gives
+the harmful rate), compliance with benign ones (over-refusal), or answer correctness (pass@1
+averaged over the `n` samples per prompt).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from rl_safety.config.loader import Section
+from rl_safety.data.prompts import DatasetError, load_rows
+
+REFUSAL, GUARD = "refusal", "guard"
+VERIFIER_SCORERS = ("gsm8k", "math", "multiple_choice")  # names of rewards.reasoning.VERIFIERS
+SCORERS = (REFUSAL, GUARD, *VERIFIER_SCORERS)
+
+
+class Sampling(Section):
+    n: int = Field(1, ge=1, description="samples per prompt; pass@1 and rates average over them")
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(-1, description="-1 = off")
+    max_new_tokens: int = Field(512, ge=1, description="a response cut here has no final answer if its thought is open")
+
+
+class Guard(Section):
+    """The guard-model judge (rewards.judge.guard_judge) used by the `guard` scorer."""
+
+    model: str = Field(description="guard checkpoint: hub id or path (Llama-Guard-3-8B, allenai/wildguard)")
+    format: Literal["llama_guard_3", "wildguard"] = "llama_guard_3"
+    view: Literal["answer", "full"] = Field("answer", description="judge the final answer or reasoning + answer")
+    max_response_chars: int | None = Field(None, description="keep the end of longer responses")
+    num_gpus: float | None = Field(None, description="None: 1 if the cluster has GPUs")
+    max_model_len: int = 8192
+    vllm_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class Benchmark(Section):
+    name: str
+    kind: Literal["harmful", "benign", "reasoning"]
+    data: str = Field(description="JSON/JSONL/CSV/Parquet file (relative to data_root) or a hub dataset name")
+    split: str = "train"
+    fields: dict[str, str] = Field(description="our field -> the file's column: prompt (required), answer, id")
+    where: dict[str, Any] = Field(default_factory=dict, description="keep rows whose columns equal these values")
+    limit: int | None = Field(None, ge=1, description="first N rows (after `where`)")
+    prompt_template: str | None = Field(None, description="'{prompt}' is replaced by the row's prompt")
+    scorers: list[str]
+    sampling: Sampling = Field(default_factory=Sampling)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Benchmark":
+        if "prompt" not in self.fields:
+            raise ValueError(f"benchmark {self.name!r}: fields must map 'prompt' to a column")
+        unknown = [s for s in self.scorers if s not in SCORERS]
+        if unknown or not self.scorers:
+            raise ValueError(f"benchmark {self.name!r}: scorers {unknown or '[]'} not among {list(SCORERS)}")
+        if any(s in VERIFIER_SCORERS for s in self.scorers) and "answer" not in self.fields:
+            raise ValueError(f"benchmark {self.name!r}: a verifier scorer needs fields.answer")
+        if self.prompt_template is not None and "{prompt}" not in self.prompt_template:
+            raise ValueError(f"benchmark {self.name!r}: prompt_template has no '{{prompt}}'")
+        return self
+
+
+class Generation(Section):
+    """The model under evaluation and its vLLM rollout engines."""
+
+    engines: int = Field(1, ge=1, description="RolloutEngine Ray actors; prompts are split across them")
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    dtype: str = "auto"
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_prompt_tokens: int = Field(2048, ge=1, description="longer prompts are dropped and counted")
+    max_model_len: int | None = Field(None, description="default: max_prompt_tokens + the largest max_new_tokens")
+    gpu_memory_utilization: float = 0.85
+    kv_cache_memory_mb: int = Field(512, description="CPU only")
+    enforce_eager: bool = False
+    chat_template: bool = True
+    system_prompt: str | None = None
+    trust_remote_code: bool = False
+    seed: int = 0
+
+
+class Suite(Section):
+    name: str
+    data_root: str | None = Field(None, description="base of relative `data` paths; relative to the suite file")
+    generation: Generation = Field(default_factory=Generation)
+    guard: Guard | None = None
+    benchmarks: list[Benchmark]
+
+    @model_validator(mode="after")
+    def _check(self) -> "Suite":
+        names = [b.name for b in self.benchmarks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"benchmark names repeat: {names}")
+        if self.guard is None and any(GUARD in b.scorers for b in self.benchmarks):
+            raise ValueError("a benchmark uses the 'guard' scorer but the suite has no guard section")
+        return self
+
+
+@dataclass
+class EvalPrompt:
+    benchmark: str
+    row: int  # row index in the data file (before `where` / `limit`)
+    id: str
+    text: str  # after prompt_template
+    answer: str | None
+
+
+def resolve_data(suite: Suite, suite_file: Path | None, data: str) -> str:
+    """A benchmark's `data` as a path: absolute, or under data_root (itself relative to the suite
+    file); a name that is not an existing file under either is passed on as a hub dataset."""
+    path = Path(data).expanduser()
+    if path.is_absolute():
+        return str(path)
+    base = suite_file.parent if suite_file else Path.cwd()
+    root = base / Path(suite.data_root).expanduser() if suite.data_root else base
+    candidate = (root / path).resolve()
+    return str(candidate) if candidate.exists() or path.suffix else data
+
+
+def load_benchmark(bench: Benchmark, source: str) -> list[EvalPrompt]:
+    """The benchmark's prompts; a row without the mapped fields is an error naming the row."""
+    rows = load_rows(source, bench.split)
+    if not rows:
+        raise DatasetError(f"{bench.name}: {source} has no rows")
+    columns = set(rows[0])
+    missing = [f"{field} -> {column!r}" for field, column in bench.fields.items() if column not in columns]
+    if missing:
+        raise DatasetError(f"{bench.name}: {source} has no column for {', '.join(missing)}; "
+                           f"its columns are {sorted(columns)}")
+    bad_where = [k for k in bench.where if k not in columns]
+    if bad_where:
+        raise DatasetError(f"{bench.name}: `where` names columns {bad_where} that {source} lacks")
+    prompts: list[EvalPrompt] = []
+    for index, row in enumerate(rows):
+        if any(row.get(k) != v for k, v in bench.where.items()):
+            continue
+        values = {}
+        for field, column in bench.fields.items():
+            value = row.get(column)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise DatasetError(f"{bench.name}: {source} row {index} (0-based): field {field!r} "
+                                   f"(column {column!r}) is missing or empty")
+            values[field] = value
+        if not isinstance(values["prompt"], str):
+            raise DatasetError(f"{bench.name}: {source} row {index} (0-based): prompt (column "
+                               f"{bench.fields['prompt']!r}) is a {type(values['prompt']).__name__}, not text")
+        answer = str(values["answer"]) if "answer" in values else None
+        if answer is not None and "gsm8k" in bench.scorers:
+            from rewards.reasoning import gsm8k_number
+
+            if gsm8k_number(answer) is None:
+                raise DatasetError(f"{bench.name}: {source} row {index} (0-based): answer {answer[:80]!r} "
+                                   f"(column {bench.fields['answer']!r}) has no number")
+        text = bench.prompt_template.replace("{prompt}", values["prompt"]) if bench.prompt_template else values["prompt"]
+        prompts.append(EvalPrompt(bench.name, index, str(values.get("id", index)), text, answer))
+        if bench.limit and len(prompts) == bench.limit:
+            break
+    if not prompts:
+        raise DatasetError(f"{bench.name}: no row of {source} matches where={bench.where}")
+    return prompts

@@ -1,0 +1,83 @@
+"""`compare` arithmetic on hand-written run directories (fast; the end-to-end test compares real runs):
+aggregates and their intervals, the safety tax, merged stage costs, the Pareto frontier."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rl_safety.eval.compare import CompareError, compare, load_method, pareto_front
+from rl_safety.ledger import CostLedger
+
+
+def metric(value, low, high):
+    return {"value": value, "ci_low": low, "ci_high": high}
+
+
+def write_run(root: Path, name: str, refusal: float, compliance: float, accuracies: list[float],
+              command: str | None = None, hours: float = 0.0, data_hours: float = 0.0) -> Path:
+    run = root / name
+    (run / "eval" / "s").mkdir(parents=True)
+    benchmarks = {
+        "harm": {"kind": "harmful", "prompts": 10, "sampling": {"n": 1},
+                 "metrics": {"refusal_rate": metric(refusal, refusal - 0.1, refusal + 0.05)}},
+        "safe": {"kind": "benign", "prompts": 10, "sampling": {"n": 1},
+                 "metrics": {"compliance_rate": metric(compliance, compliance - 0.2, compliance + 0.1)}},
+    }
+    for i, acc in enumerate(accuracies):
+        benchmarks[f"math{i}"] = {"kind": "reasoning", "prompts": 10, "sampling": {"n": 4},
+                                  "metrics": {"accuracy": metric(acc, acc - 0.03, acc + 0.04)}}
+    (run / "eval" / "s" / "results.json").write_text(json.dumps({"suite": "s", "benchmarks": benchmarks}))
+    for filename, cmd, h in (("cost.json", command, hours), ("cost_data.json", "dgr", data_hours)):
+        if cmd and h:
+            ledger = CostLedger(run, cmd, parameters=100, filename=filename)
+            ledger.set_devices("gpu", 1, name="H100")
+            ledger.add_tokens(trained=10, generated=5)
+            data = ledger.summary()
+            data["device_hours"] = {"H100": h}
+            (run / filename).write_text(json.dumps(data))
+    return run
+
+
+def test_aggregates_tax_and_stage_costs(tmp_path):
+    base = write_run(tmp_path, "base", 0.3, 0.9, [0.6, 0.4])
+    dgr = write_run(tmp_path, "dgr", 0.9, 0.7, [0.5, 0.3], command="sft", hours=2.0, data_hours=3.0)
+    grpo = write_run(tmp_path, "grpo", 0.95, 0.8, [0.6, 0.38], command="grpo", hours=10.0)
+    out = tmp_path / "report"
+    compare([base, dgr, grpo], out)
+    numbers = json.loads((out / "comparison.json").read_text())["methods"]
+    assert numbers["base"]["base"] and not numbers["dgr"]["base"]
+    assert numbers["dgr"]["kind"] == "dgr+sft"  # the data stage's ledger is part of the method
+    assert numbers["dgr"]["training_device_hours"] == pytest.approx(5.0)
+    assert numbers["dgr"]["training_flops_estimate"] == pytest.approx(2 * (6 * 100 * 10 + 2 * 100 * 5))
+    assert numbers["grpo"]["reasoning"]["value"] == pytest.approx(0.49)
+    # two reasoning benchmarks: margins combined as independent errors
+    assert numbers["grpo"]["reasoning"]["ci_low"] == pytest.approx(0.49 - (2 * 0.03**2) ** 0.5 / 2)
+    # over-refusal = 1 - compliance, interval flipped
+    assert numbers["dgr"]["over_refusal"] == {"value": pytest.approx(0.3), "ci_low": pytest.approx(0.2),
+                                              "ci_high": pytest.approx(0.5)}
+    md = (out / "comparison.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| dgr |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[6] == "-10.0"   # safety tax: reasoning 40 vs the base's 50
+    assert cells[7] == "+20.0"   # over-refusal 30 vs 10
+    assert cells[8] == "+60.0"   # safety 90 vs 30
+    assert cells[9] == "5"       # device-hours, both stages
+
+
+def test_pareto_front():
+    points = [(0.0, 30.0), (8.0, 80.0), (24.0, 85.0), (30.0, 82.0), (64.0, 92.0), (64.0, 90.0)]
+    assert pareto_front(points) == [0, 1, 2, 4]
+
+
+def test_errors_name_the_run(tmp_path):
+    base = write_run(tmp_path, "base", 0.3, 0.9, [0.5])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CompareError, match="empty: no eval/\\*/results.json"):
+        compare([base, tmp_path / "empty"], tmp_path / "out")
+    with pytest.raises(CompareError, match="two or more"):
+        compare([base], tmp_path / "out")
+    with pytest.raises(CompareError, match="no results of suite 'other'"):
+        load_method(base, "other")
