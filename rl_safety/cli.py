@@ -40,7 +40,44 @@ def _toy(argv: list[str]) -> int:
     return cli.main(argv)
 
 
-COMMANDS = {"grpo": _grpo, "rewards": _rewards, "toy": _toy}
+def _shift(argv: list[str]) -> int:
+    from rl_safety.eval import shift
+
+    return shift.main(argv)
+
+
+def _sft(argv: list[str]) -> int:
+    from rl_safety.trainers import sft
+
+    return sft.main(argv)
+
+
+def _dgr(argv: list[str]) -> int:
+    from rl_safety.refine import dgr
+
+    return dgr.main(argv)
+
+
+def _thinksafe(argv: list[str]) -> int:
+    from rl_safety.refine import thinksafe
+
+    return thinksafe.main(argv)
+
+
+def _eval(argv: list[str]) -> int:
+    from rl_safety.eval import harness
+
+    return harness.main(argv)
+
+
+def _compare(argv: list[str]) -> int:
+    from rl_safety.eval import compare
+
+    return compare.main(argv)
+
+
+COMMANDS = {"grpo": _grpo, "rewards": _rewards, "toy": _toy, "shift": _shift, "sft": _sft, "dgr": _dgr,
+            "thinksafe": _thinksafe, "eval": _eval, "compare": _compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -140,6 +140,10 @@ class RunSection(Section):
     seed: int = 0
     save_every: int = Field(0, ge=0, description="DeepSpeed checkpoint every K steps (0: only at the end)")
     keep_checkpoints: int = Field(2, ge=1)
+    max_restarts: int = Field(
+        0, ge=0, description="after an actor dies, restart all actors from the last checkpoint up to this "
+                             "many times; needs a checkpoint (run.save_every) (0: stop with the error; `--resume` continues)"
+    )
     rollouts_saved_per_step: int = Field(16, ge=0, description="sampled rollouts written to rollouts/step_N.jsonl")
     logprob_diff_bound: float = Field(
         0.05, gt=0, description="stop if mean |rollout - learner logprob| exceeds this (broken weight sync)"

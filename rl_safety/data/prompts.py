@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from rl_safety.data import chat
+
 _FILE_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
@@ -53,11 +55,7 @@ def build_prompts(rows: list[dict[str, Any]], tokenizer, *, source: str, prompt_
         if not isinstance(text, str) or not text:
             raise DatasetError(f"{source}: row {index} has no text in column {prompt_key!r}")
         if chat_template:
-            messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
-            messages.append({"role": "user", "content": text})
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
+            ids = chat.prompt_token_ids(tokenizer, text, system_prompt=system_prompt)
         else:
             ids = tokenizer(text, add_special_tokens=True)["input_ids"]
         if len(ids) > max_prompt_tokens:

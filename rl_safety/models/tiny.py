@@ -7,7 +7,6 @@ real Qwen2 (same code paths as Qwen2.5 / R1-distill-Qwen), only small.
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 
 CHAT_TEMPLATE = (
@@ -20,24 +19,25 @@ SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>
 
 
 def train_char_tokenizer(path: str | Path):
-    """A character-level tokenizer (printable ASCII + chat specials), saved to `path`.
+    """A byte-level tokenizer without merges (one token per byte, + chat specials), saved to `path`.
 
-    Character level keeps the vocabulary tiny and every string encodable, so any prompt works."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    One token per byte keeps the vocabulary tiny and every string encodable. It is a byte-level
+    BPE like Qwen2's own, so `AutoTokenizer` (which picks `Qwen2Tokenizer` for a Qwen2 model and
+    applies Qwen2's byte-level pre-tokenizer) encodes spaces and newlines instead of dropping them."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for ch in string.printable:
-        vocab.setdefault(ch, len(vocab))
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
-    core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    core.decoder = decoders.Fuse()
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab.setdefault(symbol, len(vocab))
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
     core.add_special_tokens(SPECIAL_TOKENS)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         pad_token="<|pad|>",
         eos_token="<|end|>",
-        unk_token="?",
         chat_template=CHAT_TEMPLATE,
     )
     tokenizer.save_pretrained(str(path))

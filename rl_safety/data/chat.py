@@ -1,0 +1,143 @@
+"""Chat templates and `<think>` handling per model family, in one place.
+
+Every path that turns text into model input goes through here: GRPO prompts, SFT examples, the
+distribution-shift measurement, DGR / ThinkSafe generation. Three operations:
+
+- `render_prompt`: a user turn (optionally after a system turn) with the generation prompt;
+- `render_example`: (prompt text, completion text) for training on prompt + reasoning + answer;
+- `split_completion`: a generated completion back into (reasoning, answer).
+
+Why not `apply_chat_template` on a whole conversation for training: the DeepSeek-R1 and Qwen3
+templates *drop the thinking* from assistant turns they render (history is stored without
+thoughts), so a training example rendered that way would teach the model to answer without
+reasoning. We render the prompt with the template and append the response ourselves, exactly as
+the model would have generated it after that prompt.
+
+R1-distilled templates (Qwen and Llama alike) end the generation prompt with `<think>\\n` in
+recent tokenizer versions: the model's completion then starts inside the thought and contains
+only the closing `</think>`. Whether a prompt opens the thought is read off the rendered prompt,
+not assumed per family, so older and newer tokenizer revisions both work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+@dataclass(frozen=True)
+class ChatFamily:
+    name: str
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # extra apply_chat_template kwargs
+    top_k: int = 0  # ThinkSafe's sampling: top_k 20 for Qwen, 0 (off) otherwise
+
+
+FAMILIES: dict[str, ChatFamily] = {
+    # DeepSeek-R1-Distill-Qwen-1.5B/7B/32B: "<｜User｜>...<｜Assistant｜><think>\n"
+    "r1_distill": ChatFamily("r1_distill"),
+    # Qwen3 thinking mode: "<|im_start|>assistant\n", the model writes "<think>\n...</think>\n\n"
+    "qwen3": ChatFamily("qwen3", {"enable_thinking": True}, top_k=20),
+    # DeepSeek-R1-Distill-Llama-8B: the DeepSeek template on a Llama tokenizer
+    "llama": ChatFamily("llama"),
+    # Any other template (the tiny test models): thinking, if any, lives in the completion
+    "generic": ChatFamily("generic"),
+}
+
+
+def detect_family(tokenizer) -> str:
+    """The family of a tokenizer's chat template (used when a config says `auto`)."""
+    template = tokenizer.chat_template or ""
+    if "<｜Assistant｜>" in template:
+        name = getattr(tokenizer, "name_or_path", "").lower()
+        return "llama" if "llama" in name else "r1_distill"
+    if "enable_thinking" in template:
+        return "qwen3"
+    return "generic"
+
+
+def resolve_family(tokenizer, family: str) -> ChatFamily:
+    name = detect_family(tokenizer) if family == "auto" else family
+    if name not in FAMILIES:
+        raise ValueError(f"unknown chat family {name!r}; known: auto, {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def render_prompt(tokenizer, prompt: str, *, family: str = "auto", system_prompt: str | None = None) -> str:
+    """The prompt as the model sees it before generating: chat turns + the generation prompt."""
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+    messages.append({"role": "user", "content": prompt})
+    return tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False,
+        **resolve_family(tokenizer, family).template_kwargs,
+    )
+
+
+def prompt_token_ids(tokenizer, prompt: str, *, family: str = "auto", system_prompt: str | None = None) -> list[int]:
+    """`render_prompt`, tokenized. The template writes BOS itself, so no special tokens are added."""
+    text = render_prompt(tokenizer, prompt, family=family, system_prompt=system_prompt)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def prompt_opens_think(rendered_prompt: str) -> bool:
+    """Whether generation starts inside an opened thought (R1-distill templates)."""
+    return rendered_prompt.rstrip().endswith(THINK_OPEN)
+
+
+def format_response(reasoning: str, answer: str) -> str:
+    """The full response text in the layout R1 and Qwen3 generate: a thought, then the answer."""
+    return f"{THINK_OPEN}\n{reasoning.strip()}\n{THINK_CLOSE}\n\n{answer.strip()}"
+
+
+def render_example(tokenizer, prompt: str, reasoning: str, answer: str, *, family: str = "auto",
+                   system_prompt: str | None = None) -> tuple[str, str, str]:
+    """(prompt text, reasoning part, answer part) of a training example; their concatenation is
+    exactly what the model reads during SFT. The reasoning part runs up to and including
+    `</think>\\n\\n` (without the `<think>` the prompt already opened, for R1 templates); the
+    answer part ends with the EOS token, so the model learns to stop."""
+    prompt_text = render_prompt(tokenizer, prompt, family=family, system_prompt=system_prompt)
+    thought = f"{reasoning.strip()}\n{THINK_CLOSE}\n\n"
+    if not prompt_opens_think(prompt_text):
+        thought = f"{THINK_OPEN}\n{thought}"
+    elif not prompt_text.endswith("\n"):
+        thought = "\n" + thought
+    return prompt_text, thought, f"{answer.strip()}{tokenizer.eos_token or ''}"
+
+
+def complete_response(completion: str, rendered_prompt: str) -> str:
+    """A generated completion as a full response: for prompts that opened the thought, put the
+    `<think>` back in front (ThinkSafe's `synthesize_data.py` does the same for R1-distill)."""
+    if prompt_opens_think(rendered_prompt) and not completion.lstrip().startswith(THINK_OPEN):
+        return f"{THINK_OPEN}\n{completion}"
+    return completion
+
+
+def split_completion(completion: str, rendered_prompt: str | None = None) -> tuple[str, str | None]:
+    """(reasoning, answer) of a completion. answer is None when the thought was opened and never
+    closed (truncated, or malformed). The split itself is the rewards package's, so a trainer, an
+    evaluation and a reward never disagree on where the answer starts."""
+    from rewards.text import split_response
+
+    text = complete_response(completion, rendered_prompt) if rendered_prompt is not None else completion
+    parts = split_response(text)
+    return parts.reasoning, parts.answer
+
+
+PROMPT, REASONING, ANSWER = 0, 1, 2  # segment ids of a tokenized example
+
+
+def tokenize_example(tokenizer, prompt: str, reasoning: str, answer: str, *, family: str = "auto",
+                     system_prompt: str | None = None) -> tuple[list[int], list[int]]:
+    """(token ids, segment id per token: PROMPT / REASONING / ANSWER) of a training example.
+    Segments are tokenized separately and concatenated, so no token straddles a boundary and the
+    prompt mask is exact (what SFT's loss mask and `shift`'s per-segment NLL rely on)."""
+    parts = render_example(tokenizer, prompt, reasoning, answer, family=family, system_prompt=system_prompt)
+    ids: list[int] = []
+    segments: list[int] = []
+    for segment, text in zip((PROMPT, REASONING, ANSWER), parts):
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        segments += [segment] * len(piece)
+    return ids, segments

@@ -1,0 +1,276 @@
+"""External safety-reasoning datasets under one declared schema.
+
+Every loader yields `SafetyExample(prompt, reasoning, answer, label, source, row)`:
+
+- prompt: the user request, non-empty;
+- reasoning: the thought (no `<think>` tags; may be empty only where a dataset has none);
+- answer: the final answer after the thought, non-empty;
+- label: "harmful" or "benign" (the prompt's, not the response's);
+- source: the dataset name; row: 0-based row index in the source (provenance, error reports).
+
+A row that breaks the schema is reported with its row (and, for JSONL, its line) and then either
+skipped or refused (`on_bad_row`), never coerced: a numeric prompt is not stringified, a response
+with no `</think>` is not guessed into reasoning and answer, an unknown label is not defaulted.
+
+Column mappings (`DATASETS`), from the public datasets and the papers' code:
+- safechain (`UWNSL/SafeChain`): `instruction`, `response` (an R1 thought *without* the opening
+  `<think>`, closed by `</think>`, then the answer), `label` with values such as
+  "vanilla_harmful" / "adversarial_benign"; ThinkSafe's `synthesize_data.py` splits on
+  `"harmful" in label`, and so do we.
+- star1 (`UCSC-VLAA/STAR-1`, also `../shared/data/star1/STAR-1.json`): `question`, `response`
+  (`<think>...</think>` then the answer); all prompts are harmful-category requests.
+- directrefusal (`TianshengHuang/DirectRefusal`) and r1_act (`Yeonjun/R1-Act-train`): harmful
+  prompts with a short fixed thought and a refusal. Their hub cards were not readable from
+  here, so the column *candidates* below follow the conventions of their code bases (s1-style
+  `question`/`instruction` + a response with `</think>`) and the loader names the columns it
+  found when none matches; `columns:` in the config maps any other layout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rl_safety.data.prompts import DatasetError, load_rows
+
+log = logging.getLogger(__name__)
+
+Label = Literal["harmful", "benign"]
+_LOGGED_BAD_ROWS = 20  # each logged with its row; past that only counted (LoadReport.bad has all)
+
+
+@dataclass(frozen=True)
+class SafetyExample:
+    prompt: str
+    reasoning: str
+    answer: str
+    label: Label
+    source: str
+    row: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How a dataset's columns map onto the schema. Each field lists candidate column names,
+    tried in order; `response` holds reasoning and answer in one `...</think>answer` text, used
+    when no separate reasoning/answer columns exist."""
+
+    hub_name: str
+    prompt: tuple[str, ...]
+    response: tuple[str, ...] = ()
+    reasoning: tuple[str, ...] = ()
+    answer: tuple[str, ...] = ()
+    label: tuple[str, ...] = ()
+    fixed_label: Label | None = None  # every prompt of the dataset has this label
+    needs_reasoning: bool = True  # a response without a closed thought breaks the schema
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "safechain": DatasetSpec("UWNSL/SafeChain", prompt=("instruction",), response=("response",), label=("label",)),
+    "star1": DatasetSpec("UCSC-VLAA/STAR-1", prompt=("question",), response=("response",), fixed_label="harmful"),
+    "directrefusal": DatasetSpec(
+        "TianshengHuang/DirectRefusal", prompt=("question", "instruction", "prompt"),
+        response=("response", "output", "answer"), reasoning=("reasoning", "thinking", "cot"),
+        answer=("answer", "output"), fixed_label="harmful",
+    ),
+    "r1_act": DatasetSpec(
+        "Yeonjun/R1-Act-train", prompt=("instruction", "question", "prompt"),
+        response=("response", "output"), reasoning=("reasoning", "thinking"), answer=("answer",),
+        label=("label",), fixed_label="harmful",
+    ),
+    # Our own outputs (DGR, ThinkSafe) and any file already in the schema.
+    "schema": DatasetSpec("", prompt=("prompt",), reasoning=("reasoning",), answer=("answer",), label=("label",)),
+}
+
+
+def parse_label(value: Any) -> Label | None:
+    """A dataset label as harmful/benign: SafeChain's "vanilla_harmful" etc. by substring (as
+    ThinkSafe does), "unsafe"/"safe" too; None for anything else (the row is then bad)."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip().lower()
+    if "harmful" in text or text == "unsafe":
+        return "harmful" if "benign" not in text else None
+    if "benign" in text or text == "safe":
+        return "benign"
+    return None
+
+
+def split_thought(response: str) -> tuple[str, str] | None:
+    """(reasoning, answer) of `[<think>]reasoning</think>answer`; None unless exactly one
+    `</think>`, at most one `<think>` before it, and a non-empty answer."""
+    if response.count("</think>") != 1 or response.count("<think>") > 1:
+        return None
+    head, _, answer = response.partition("</think>")
+    if "<think>" in head:
+        before, _, head = head.partition("<think>")
+        if before.strip():
+            return None
+    if not answer.strip():
+        return None
+    return head.strip(), answer.strip()
+
+
+@dataclass
+class LoadReport:
+    source: str
+    kept: int = 0
+    bad: list[tuple[int, str]] = field(default_factory=list)  # (row, reason)
+
+
+def _read_local(path: Path) -> tuple[list[Any], bool]:
+    """Rows of a local JSON list / JSONL file, read directly so that a malformed row is
+    reported by its line instead of failing type inference for the whole file."""
+    if path.suffix.lower() == ".jsonl":
+        rows: list[Any] = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                rows.append(None)  # keeps row index == line - 1
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                rows.append(_Unparsable(str(err)))
+        return rows, True
+    data = json.loads(path.read_text())
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
+    return data, False
+
+
+@dataclass
+class _Unparsable:
+    error: str
+
+
+def _pick(row: dict[str, Any], candidates: tuple[str, ...], override: str | None) -> str | None:
+    if override:
+        return override
+    return next((c for c in candidates if c in row), None)
+
+
+def load_safety_dataset(name: str, source: str | None = None, *, split: str = "train",
+                        on_bad_row: Literal["skip", "error"] = "skip",
+                        columns: dict[str, str] | None = None, limit: int | None = None,
+                        prompts_only: bool = False) -> tuple[list[SafetyExample], LoadReport]:
+    """Load dataset `name` (a key of DATASETS) from `source`: a local .json/.jsonl/.parquet/.csv
+    file or a hub name (default: the dataset's hub name). `columns` overrides the mapping, e.g.
+    {"prompt": "query", "response": "completion"}. `prompts_only`: only prompt and label are read
+    (reasoning and answer are ""), for generators such as ThinkSafe. Bad rows are logged as
+    `SOURCE row R (line L): reason` and skipped, or raise DatasetError with `on_bad_row=error`."""
+    if name not in DATASETS:
+        raise DatasetError(f"unknown safety dataset {name!r}; known: {', '.join(DATASETS)}")
+    spec, columns = DATASETS[name], dict(columns or {})
+    unknown = set(columns) - {"prompt", "response", "reasoning", "answer", "label"}
+    if unknown:
+        raise DatasetError(f"columns: unknown schema field(s) {sorted(unknown)}")
+    source = source or spec.hub_name
+    if not source:
+        raise DatasetError(f"dataset {name!r} has no hub name: give a file")
+    path = Path(source)
+    jsonl = False
+    if path.suffix.lower() in (".json", ".jsonl"):
+        if not path.is_file():
+            raise DatasetError(f"dataset file {source} does not exist")
+        rows, jsonl = _read_local(path)
+    else:
+        rows = load_rows(source, split)
+
+    report, examples = LoadReport(source), []
+    for index, row in enumerate(rows[:limit] if limit else rows):
+        if row is None and jsonl:
+            continue  # blank line
+        try:
+            examples.append(_parse_row(row, index, spec, columns, name, prompts_only))
+        except _BadRow as bad:
+            where = f"row {index}" + (f" (line {index + 1})" if jsonl else "")
+            message = f"{source} {where}: {bad}"
+            if on_bad_row == "error":
+                raise DatasetError(message) from None
+            if len(report.bad) < _LOGGED_BAD_ROWS:
+                log.warning("skipping %s", message)
+            report.bad.append((index, str(bad)))
+    report.kept = len(examples)
+    if report.bad:
+        log.warning("%s: kept %d rows, skipped %d that break the schema%s", source, report.kept, len(report.bad),
+                    f" (the first {_LOGGED_BAD_ROWS} logged above)" if len(report.bad) > _LOGGED_BAD_ROWS else "")
+    if not examples:
+        raise DatasetError(f"{source}: no usable rows (of {len(rows)})")
+    return examples, report
+
+
+class _BadRow(ValueError):
+    pass
+
+
+def _text(row: dict[str, Any], column: str | None, what: str, allow_empty: bool = False) -> str:
+    if column is None or column not in row:
+        raise _BadRow(f"no {what} column (columns: {sorted(row)})")
+    value = row[column]
+    if not isinstance(value, str):
+        raise _BadRow(f"{what} column {column!r} holds {type(value).__name__}, not text")
+    if not allow_empty and not value.strip():
+        raise _BadRow(f"{what} column {column!r} is empty")
+    return value
+
+
+def _parse_row(row: Any, index: int, spec: DatasetSpec, columns: dict[str, str], name: str,
+               prompts_only: bool) -> SafetyExample:
+    if isinstance(row, _Unparsable):
+        raise _BadRow(f"not valid JSON ({row.error})")
+    if not isinstance(row, dict):
+        raise _BadRow(f"not an object but {type(row).__name__}")
+    prompt = _text(row, _pick(row, spec.prompt, columns.get("prompt")), "prompt").strip()
+
+    label = _parse_label(row, spec, columns)
+    if prompts_only:
+        return SafetyExample(prompt, "", "", label, name, index)
+    reasoning_col = _pick(row, spec.reasoning, columns.get("reasoning"))
+    answer_col = _pick(row, spec.answer, columns.get("answer"))
+    response_col = _pick(row, spec.response, columns.get("response"))
+    if reasoning_col and answer_col and reasoning_col != answer_col and not columns.get("response"):
+        reasoning = _text(row, reasoning_col, "reasoning", allow_empty=not spec.needs_reasoning).strip()
+        answer = _text(row, answer_col, "answer").strip()
+    else:
+        response = _text(row, response_col, "response")
+        parts = split_thought(response)
+        if parts is None:
+            raise _BadRow(
+                f"response column {response_col!r} is not one thought closed by </think> followed "
+                "by a non-empty answer"
+            )
+        reasoning, answer = parts
+        if spec.needs_reasoning and not reasoning:
+            raise _BadRow("empty reasoning")
+    return SafetyExample(prompt, reasoning, answer, label, name, index)
+
+
+def _parse_label(row: dict[str, Any], spec: DatasetSpec, columns: dict[str, str]) -> Label:
+    label_col = _pick(row, spec.label, columns.get("label"))
+    if label_col is not None and label_col in row:
+        label = parse_label(row[label_col])
+        if label is None:
+            raise _BadRow(f"label {row[label_col]!r} in column {label_col!r} is neither harmful nor benign")
+    elif spec.fixed_label is not None:
+        label = spec.fixed_label
+    else:
+        raise _BadRow(f"no label column (columns: {sorted(row)})")
+    return label
+
+
+def write_examples(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """JSONL output of the refinement commands (schema fields plus provenance)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path

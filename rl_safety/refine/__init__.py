@@ -1,0 +1,1 @@
+"""In-distribution safety data: DGR refinement and ThinkSafe self-generation."""

@@ -1,0 +1,67 @@
+"""`rl-safety dgr`: Distribution-Grounded Refinement (arXiv 2602.02136).
+
+The target model rewrites each external safety trace (reasoning and answer, e.g. DirectRefusal or
+R1-ACT) in its own words under a refinement prompt, so the SFT data comes from its own
+distribution. Accepted rewrites keep the source row's prompt and label; each output row records
+the refinement prompt it was generated from (`user_turn`), the source row, the model and the seed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rl_safety.config.refine import DGRConfig
+from rl_safety.refine.generate import Request, generate_dataset
+
+
+def refinement_requests(cfg: DGRConfig):
+    from rl_safety.data.safety import load_safety_dataset
+
+    examples, _ = load_safety_dataset(cfg.data.dataset, cfg.data.train, split=cfg.data.split,
+                                      on_bad_row=cfg.data.on_bad_row, columns=cfg.data.columns, limit=cfg.data.limit)
+    template = cfg.dgr.refinement_prompt
+    requests = []
+    for e in examples:
+        turn = template.format(prompt=e.prompt, reasoning=e.reasoning, answer=e.answer)
+        requests.append(Request(e, turn, {"user_turn": turn}))
+    return requests
+
+
+def run_dgr(cfg: DGRConfig) -> tuple[Path, dict]:
+    from rl_safety.config.loader import dump_config
+
+    Path(cfg.output.path).parent.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, f"{cfg.output.path}.config.yaml")
+    return generate_dataset(refinement_requests(cfg), model=cfg.model, generation=cfg.generation, output=cfg.output,
+                            cluster=cfg.cluster,
+                            require_label_behaviour=cfg.dgr.require_label_behaviour, method="dgr")
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    from rl_safety.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(prog="rl-safety dgr", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="YAML config (see configs/dgr_*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(DGRConfig, args.config, args.overrides)
+        _check_template(cfg.dgr.refinement_prompt)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    path, stats = run_dgr(cfg)
+    print(f"done: {stats.get('kept', 0)} rows in {path} (filter counts in {path}.stats.json)")
+    return 0
+
+
+def _check_template(template: str) -> None:
+    from rl_safety.config import ConfigError
+
+    try:
+        template.format(prompt="", reasoning="", answer="")
+    except (KeyError, IndexError, ValueError) as err:
+        raise ConfigError(f"dgr.refinement_prompt: only {{prompt}}, {{reasoning}} and {{answer}} may be filled ({err!r})") from None

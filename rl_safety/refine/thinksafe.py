@@ -1,0 +1,61 @@
+"""`rl-safety thinksafe`: self-generated safety data (arXiv 2601.23143, seanie12/ThinkSafe).
+
+Harmful prompts are sent with refusal steering (the authors' text, a blank line, the prompt);
+benign prompts as they are. k samples per prompt; kept are those the safety check accepts
+(refusal of a harmful prompt, an answer to a benign one; the authors use Llama-Guard, we use the
+rewards package's refusal detector) with a complete thought. The dataset pairs the *original*
+prompt with the kept response: the steering text appears nowhere in it, so the model learns to do
+unprompted what it did when steered. Provenance records whether a row was steered, not the
+steered text (the text itself is in PATH.config.yaml).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rl_safety.config.refine import ThinkSafeConfig
+from rl_safety.refine.generate import Request, generate_dataset
+
+
+def steer(steering_text: str, prompt: str) -> str:
+    return f"{steering_text}\n\n{prompt}"
+
+
+def steered_requests(cfg: ThinkSafeConfig) -> list[Request]:
+    from rl_safety.data.safety import load_safety_dataset
+
+    examples, _ = load_safety_dataset(cfg.data.dataset, cfg.data.train, split=cfg.data.split,
+                                      on_bad_row=cfg.data.on_bad_row, columns=cfg.data.columns,
+                                      limit=cfg.data.limit, prompts_only=True)
+    return [Request(e, steer(cfg.thinksafe.steering_text, e.prompt), {"steered": True}) if e.label == "harmful"
+            else Request(e, e.prompt, {"steered": False}) for e in examples]
+
+
+def run_thinksafe(cfg: ThinkSafeConfig) -> tuple[Path, dict]:
+    from rl_safety.config.loader import dump_config
+
+    Path(cfg.output.path).parent.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, f"{cfg.output.path}.config.yaml")
+    return generate_dataset(steered_requests(cfg), model=cfg.model, generation=cfg.generation, output=cfg.output,
+                            cluster=cfg.cluster,
+                            require_label_behaviour=cfg.thinksafe.require_label_behaviour, method="thinksafe")
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    from rl_safety.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(prog="rl-safety thinksafe", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="YAML config (see configs/thinksafe_*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(ThinkSafeConfig, args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    path, stats = run_thinksafe(cfg)
+    print(f"done: {stats.get('kept', 0)} rows in {path} (filter counts in {path}.stats.json)")
+    return 0

@@ -1,0 +1,320 @@
+"""`rl-safety sft`: supervised fine-tuning on safety traces, DeepSpeed ZeRO + optional PEFT LoRA,
+loss on the assistant turn only. The output `final/` is a Hugging Face checkpoint that
+`rl-safety grpo` takes as `model.path` (the warm start).
+
+Why our own loop and not TRL's SFTTrainer: (1) TRL renders conversational data with the chat
+template, and the R1-distill and Qwen3 templates strip the thought from assistant turns, so the
+model would be trained to answer without reasoning; our examples are rendered by
+`rl_safety.data.chat` (prompt by template, thought and answer appended verbatim). (2) TRL's
+DeepSpeed path goes through accelerate and needs one launcher process per rank, a second way of
+starting distributed jobs next to the Ray placement GRPO already uses on CPU (gloo) and GPU
+(nccl), locally and on a cluster. Here the ranks are Ray actors placed like GRPO's learners, and
+the whole recipe -- data, loop, checkpoint -- reads top to bottom in this file.
+
+Loss: token mean over the assistant tokens of the whole optimizer step (all ranks, all
+micro-batches), the same normalisation as GRPO's `token_mean`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rl_safety.config.sft import SFTConfig
+from rl_safety.data import chat
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # label of tokens that carry no loss
+
+
+# ------------------------------------------------------------------------------------ data
+def encode_examples(examples, tokenizer, *, family: str, system_prompt: str | None, max_tokens: int,
+                    prompt_loss: bool) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """(input ids, labels) per example; labels are IGNORE on the prompt unless `prompt_loss`.
+    Returns the encoded examples and the number dropped for exceeding `max_tokens` (a truncated
+    example would lose its answer and its EOS, teaching the model not to stop)."""
+    encoded, dropped = [], 0
+    for e in examples:
+        ids, segments = chat.tokenize_example(tokenizer, e.prompt, e.reasoning, e.answer,
+                                              family=family, system_prompt=system_prompt)
+        if len(ids) > max_tokens:
+            dropped += 1
+            continue
+        labels = [t if (prompt_loss or s != chat.PROMPT) else IGNORE for t, s in zip(ids, segments)]
+        encoded.append((ids, labels))
+    return encoded, dropped
+
+
+def pack(encoded: list[tuple[list[int], list[int]]], row_tokens: int) -> list[list[tuple[list[int], list[int]]]]:
+    """Greedy packing in order: each row holds whole examples totalling <= row_tokens."""
+    rows: list[list[tuple[list[int], list[int]]]] = [[]]
+    used = 0
+    for example in encoded:
+        if used + len(example[0]) > row_tokens and rows[-1]:
+            rows.append([])
+            used = 0
+        rows[-1].append(example)
+        used += len(example[0])
+    return rows
+
+
+def collate(rows: list[list[tuple[list[int], list[int]]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """A micro-batch [B, L] from rows of one or more examples each. Packed rows get position ids
+    that restart at every example and no attention mask: transformers then builds a
+    block-diagonal causal mask, so packed examples never attend to each other (only with
+    `use_cache=False`: a cache object turns that detection off). Unpacked rows are
+    right-padded with an attention mask."""
+    width = max(sum(len(ids) for ids, _ in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for ids, lab in row:
+            n = len(ids)
+            input_ids[r, at : at + n] = torch.tensor(ids)
+            labels[r, at : at + n] = torch.tensor(lab)
+            position_ids[r, at : at + n] = torch.arange(n)
+            attention_mask[r, at : at + n] = 1
+            at += n
+    batch = {"input_ids": input_ids, "labels": labels}
+    if any(len(row) > 1 for row in rows):
+        batch["position_ids"] = position_ids
+        # padding at the end of a packed row is a "sequence" of its own; its labels are IGNORE
+        position_ids[attention_mask == 0] = torch.arange(width).expand_as(position_ids)[attention_mask == 0]
+    else:
+        batch["attention_mask"] = attention_mask
+    return batch
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(sum of the next-token NLL over labelled positions, their count). logits [B, L, V] and
+    labels [B, L] unshifted: position t's logits predict labels[t + 1]."""
+    targets = labels[:, 1:]
+    logits = logits[:, :-1].float()
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+    return nll, int((targets != IGNORE).sum())
+
+
+# ------------------------------------------------------------------------------------ a rank
+class SFTRank:
+    """One DeepSpeed data-parallel rank: the whole training loop. Every rank runs `train` with
+    the same arguments (the collectives must line up); rank 0 writes metrics and the export."""
+
+    def __init__(self, cfg: SFTConfig, rank: int, world_size: int, master_addr: str, master_port: int,
+                 use_gpu: bool) -> None:
+        import deepspeed
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        os.environ.update(RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE=str(world_size),
+                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+        torch.manual_seed(cfg.run.seed)
+        self.dtype = getattr(torch, cfg.model.dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=self.dtype,
+                                                     trust_remote_code=cfg.model.trust_remote_code)
+        lr = cfg.learner
+        if lr.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        if lr.lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            if lr.gradient_checkpointing:
+                model.enable_input_require_grads()
+            model = get_peft_model(model, LoraConfig(
+                r=lr.lora.rank, lora_alpha=lr.lora.alpha, lora_dropout=lr.lora.dropout,
+                target_modules=lr.lora.target_modules, task_type="CAUSAL_LM"))
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def _engine(self, total_steps: int):
+        import deepspeed
+
+        lr, t = self.cfg.learner, self.cfg.training
+        optimizer = torch.optim.AdamW(self.params, lr=lr.learning_rate, betas=lr.adam_betas,
+                                      weight_decay=lr.weight_decay)
+
+        def factor(step: int) -> float:
+            if step < lr.warmup_steps:
+                return (step + 1) / lr.warmup_steps
+            if lr.lr_schedule == "constant":
+                return 1.0
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - lr.warmup_steps) / max(1, total_steps - lr.warmup_steps))))
+
+        zero: dict[str, Any] = {"stage": lr.zero_stage}
+        if lr.offload and lr.zero_stage > 0:
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+        config = {
+            "train_micro_batch_size_per_gpu": lr.micro_batch_size,
+            "gradient_accumulation_steps": t.gradient_accumulation_steps,
+            "train_batch_size": lr.micro_batch_size * t.gradient_accumulation_steps * self.world_size,
+            "gradient_clipping": lr.max_grad_norm,
+            "zero_optimization": zero,
+            "bf16": {"enabled": self.cfg.model.dtype == "bfloat16"},
+            "steps_per_print": 10**9,
+        }
+        engine, *_ = deepspeed.initialize(model=self.model, optimizer=optimizer, config=config,
+                                          lr_scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, factor))
+        return engine
+
+    def train(self, encoded: list[tuple[list[int], list[int]]], run_dir: str) -> dict[str, float]:
+        """Epochs over `encoded` in a seeded order per epoch; each optimizer step takes
+        micro x accumulation x ranks rows, rank r the r-th block. Returns the last step's stats."""
+        import torch.distributed as dist
+
+        cfg, t = self.cfg, self.cfg.training
+        micro, accum = cfg.learner.micro_batch_size, t.gradient_accumulation_steps
+        rows = pack(encoded, cfg.data.max_tokens) if t.packing else [[e] for e in encoded]
+        per_step = micro * accum * self.world_size
+        steps_per_epoch = len(rows) // per_step
+        if steps_per_epoch == 0:
+            raise ValueError(f"{len(rows)} training rows do not fill one optimizer step of {per_step} ({cfg.batch_plan()})")
+        total = steps_per_epoch * t.epochs if t.max_steps is None else min(t.max_steps, steps_per_epoch * t.epochs)
+        engine = self._engine(total)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        metrics = Path(run_dir) / "metrics.jsonl"
+        stats: dict[str, float] = {}
+        step = 0
+        engine.train()
+        for epoch in range(t.epochs):
+            order = (np.random.default_rng([cfg.run.seed, epoch]).permutation(len(rows)) if t.shuffle
+                     else np.arange(len(rows)))
+            for s in range(steps_per_epoch):
+                if step >= total:
+                    break
+                started = time.time()
+                mine = order[s * per_step:(s + 1) * per_step][self.rank * micro * accum:(self.rank + 1) * micro * accum]
+                batches = [collate([rows[i] for i in mine[m * micro:(m + 1) * micro]], pad) for m in range(accum)]
+                count = torch.tensor([float(sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches))])
+                dist.all_reduce(count)  # tokens with loss in the whole optimizer step
+                loss_sum = 0.0
+                for batch in batches:
+                    logits = engine(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+                    nll, _ = token_nll(logits, batch["labels"])
+                    loss = nll / count.item()
+                    # DeepSpeed averages gradients over ranks and accumulation steps; the loss is
+                    # already this rank's share of the step's token mean, so undo both.
+                    engine.backward(loss * self.world_size, scale_wrt_gas=False)
+                    engine.step()
+                    loss_sum += nll.item()
+                total_nll = torch.tensor([loss_sum])
+                dist.all_reduce(total_nll)
+                step += 1
+                stats = {"step": step, "epoch": epoch, "loss": total_nll.item() / count.item(),
+                         "tokens": count.item(), "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                         "learning_rate": float(engine.get_lr()[0]), "step_time_s": time.time() - started}
+                if self.rank == 0 and (step % cfg.run.log_every == 0 or step == total):
+                    with metrics.open("a") as f:
+                        f.write(json.dumps(stats) + "\n")
+        self._export(engine, Path(run_dir) / "final")
+        return stats
+
+    def _export(self, engine, directory: Path) -> None:
+        """Rank 0 writes a plain Hugging Face checkpoint (LoRA merged into the weights), the
+        format `rl-safety grpo` loads as its starting policy. ZeRO <= 2 keeps whole parameters
+        on every rank, so no gather is needed."""
+        if self.rank != 0:
+            return
+        module = engine.module
+        if self.cfg.learner.lora is not None:
+            module = module.merge_and_unload()
+        tmp = directory.with_name(directory.name + ".tmp")
+        module.save_pretrained(str(tmp))
+        self.tokenizer.save_pretrained(str(tmp))
+        tmp.rename(directory)
+
+
+# ---------------------------------------------------------------------------------- driver
+def run_sft(cfg: SFTConfig, source: str = "<config>") -> Path:
+    """Load and encode the data, start the ranks as Ray actors, train, return `final/`."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from transformers import AutoTokenizer
+
+    from rl_safety.config.loader import dump_config
+    from rl_safety.data.safety import load_safety_dataset
+    from rl_safety.orchestration import cluster
+
+    run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    if (run_dir / "final").exists():
+        raise FileExistsError(f"{run_dir / 'final'} exists: choose another run.name or remove it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+    examples, report = load_safety_dataset(cfg.data.dataset, cfg.data.train, split=cfg.data.split,
+                                           on_bad_row=cfg.data.on_bad_row, columns=cfg.data.columns,
+                                           limit=cfg.data.limit)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    encoded, dropped = encode_examples(examples, tokenizer, family=cfg.model.family,
+                                       system_prompt=cfg.model.system_prompt, max_tokens=cfg.data.max_tokens,
+                                       prompt_loss=cfg.training.prompt_loss)
+    log.info("sft data: %d examples (%d rows skipped as malformed, %d longer than data.max_tokens=%d); %s",
+             len(encoded), len(report.bad), dropped, cfg.data.max_tokens, cfg.batch_plan())
+
+    if not ray.is_initialized():
+        if cfg.cluster.address:
+            ray.init(address=cfg.cluster.address)
+        else:  # "local": a fresh local Ray, never an unrelated cluster already running on the machine
+            ray.init(address="local", include_dashboard=False,
+                     num_cpus=cfg.cluster.num_cpus or max(os.cpu_count() or 1, cfg.learner.num_ranks))
+    resources = ray.cluster_resources()
+    use_gpu = resources.get("GPU", 0) > 0 if cfg.cluster.device == "auto" else cfg.cluster.device == "gpu"
+    kind = "GPU" if use_gpu else "CPU"
+    if cfg.learner.num_ranks > resources.get(kind, 0):
+        raise cluster.ClusterError(f"{source}: learner.num_ranks={cfg.learner.num_ranks} but the Ray cluster has only "
+                                   f"{int(resources.get(kind, 0))} {kind}(s)")
+    bundle = {"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1}
+    group = placement_group([dict(bundle)] * cfg.learner.num_ranks, strategy=cfg.cluster.placement_strategy)
+    ray.get(group.ready(), timeout=600)
+    ranks = []
+    try:
+        address, port, _ = cluster.node_address_in(group, 0)
+        rank_cls = ray.remote(SFTRank)
+        n = cfg.learner.num_ranks
+        ranks = [rank_cls.options(**cluster.in_bundle(group, r, 1.0, use_gpu)).remote(cfg, r, n, address, port, use_gpu)
+                 for r in range(n)]
+        encoded_ref = ray.put(encoded)
+        stats = ray.get([h.train.remote(encoded_ref, str(run_dir)) for h in ranks])[0]
+        log.info("sft done: %s", stats)
+    finally:
+        for handle in ranks:
+            ray.kill(handle)
+        remove_placement_group(group)
+    return run_dir / "final"
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+    import sys
+
+    from rl_safety.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(prog="rl-safety sft", description="SFT on safety traces (DeepSpeed, LoRA)")
+    parser.add_argument("--config", required=True, help="YAML config (see configs/sft_*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learner.learning_rate=1e-5")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(SFTConfig, args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"batch plan: {cfg.batch_plan()}")
+    final = run_sft(cfg, source=args.config)
+    print(f"done: checkpoint in {final} (use it as model.path of rl-safety grpo)")
+    return 0

