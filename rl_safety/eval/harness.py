@@ -67,7 +67,7 @@ class Engines:
 
         g = suite.generation
         if not ray.is_initialized():
-            ray.init(num_cpus=max(os.cpu_count() or 1, g.engines + 1), include_dashboard=False)
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, g.engines + 1), include_dashboard=False)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         self.use_gpu = gpus > 0 if g.device == "auto" else g.device == "gpu"
         if self.use_gpu and gpus < g.engines * g.tensor_parallel_size:

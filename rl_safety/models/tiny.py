@@ -15,7 +15,10 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>", "<think>", "</think>"]
+SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
+# Ordinary added tokens, as in Qwen3: decoding with skip_special_tokens=True (vLLM's default)
+# keeps them, so rewards still find the closing </think>.
+THINK_TOKENS = ["<think>", "</think>"]
 
 
 def train_char_tokenizer(path: str | Path):
@@ -24,7 +27,7 @@ def train_char_tokenizer(path: str | Path):
     One token per byte keeps the vocabulary tiny and every string encodable. It is a byte-level
     BPE like Qwen2's own, so `AutoTokenizer` (which picks `Qwen2Tokenizer` for a Qwen2 model and
     applies Qwen2's byte-level pre-tokenizer) encodes spaces and newlines instead of dropping them."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
@@ -34,6 +37,7 @@ def train_char_tokenizer(path: str | Path):
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     core.add_special_tokens(SPECIAL_TOKENS)
+    core.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         pad_token="<|pad|>",

@@ -1,9 +1,12 @@
 """Ray placement: which actor runs where, for the *separate* and *colocated* layouts.
 
-One bundle = one device ({"CPU": 1} on CPU; {"GPU": 1, "CPU": 1} on GPU). Learner rank i takes
-bundle i of the learner group. Separate: rollout workers get a placement group of their own.
-Colocated: rollout engine i shares bundle i with learner rank i (vLLM sleeps while the learner
-trains, on GPU). The same code runs on a local `ray.init()` and on a cluster address.
+One bundle = one device ({"CPU": 1} on CPU; {"GPU": 1, "CPU": 1} on GPU), plus the group's
+custom resources (`cluster.learner_resources` / `rollout_resources`), which pin a group to the
+nodes that declare them. Learner rank i takes bundle i of the learner group. Separate: rollout
+workers get a placement group of their own. Colocated: rollout engine i shares bundle i with
+learner rank i (vLLM sleeps while the learner trains, on GPU). `cluster.placement_strategy`
+spreads or packs each group's bundles over the nodes. The same code runs on a local
+`ray.init()` and on a cluster address.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def start_ray(cfg: GRPOConfig) -> None:
         # A laptop or CI box has fewer cores than actors; Ray's CPU count is a scheduling
         # budget, so declare enough for the layout unless the user pinned it.
         cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, bundles_needed(cfg) + 1)
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)
 
 
 def preflight(cfg: GRPOConfig, source: str) -> bool:
@@ -70,21 +73,53 @@ def preflight(cfg: GRPOConfig, source: str) -> bool:
             f"{source}: the {cfg.cluster.placement} layout needs {need} {kind}(s) "
             f"({cfg.learner.num_ranks} learner ranks + rollout workers) but the cluster has {have}"
         )
+    for name, amount in custom_resources_needed(cfg).items():
+        if resources.get(name, 0) < amount:
+            raise ClusterError(
+                f"{source}: cluster.learner_resources / rollout_resources need {amount:g} of resource "
+                f"{name!r} but the Ray cluster has {resources.get(name, 0):g} (declare it with "
+                f"`ray start --resources='{{\"{name}\": N}}'` on the nodes meant for it)"
+            )
     return use_gpu
+
+
+def group_bundles(cfg: GRPOConfig, use_gpu: bool) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """(learner bundles, rollout bundles); colocated: one list of shared bundles, twice."""
+    c = cfg.cluster
+    device = {"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1}
+    learner = _add(device, c.learner_resources)
+    if c.placement == "colocated":
+        shared = [_add(learner, c.rollout_resources)] * cfg.learner.num_ranks
+        return shared, shared
+    workers = cfg.rollout.num_engines * cfg.rollout.tensor_parallel_size
+    return [learner] * cfg.learner.num_ranks, [_add(device, c.rollout_resources)] * workers
+
+
+def _add(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}}
+
+
+def custom_resources_needed(cfg: GRPOConfig) -> dict[str, float]:
+    """How much of each custom resource the layout's bundles reserve, over all nodes."""
+    learner, rollout = group_bundles(cfg, use_gpu=False)
+    groups = [learner] if cfg.cluster.placement == "colocated" else [learner, rollout]
+    total: dict[str, float] = {}
+    for bundle in (b for group in groups for b in group):
+        total = _add(total, {k: v for k, v in bundle.items() if k != "CPU"})
+    return total
 
 
 def make_layout(cfg: GRPOConfig, use_gpu: bool) -> Layout:
     import ray
     from ray.util.placement_group import placement_group
 
-    bundle = {"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1}
     strategy = cfg.cluster.placement_strategy
-    learner_group = placement_group([dict(bundle)] * cfg.learner.num_ranks, strategy=strategy)
+    learner_bundles, rollout_bundles = group_bundles(cfg, use_gpu)
+    learner_group = placement_group(learner_bundles, strategy=strategy)
     if cfg.cluster.placement == "colocated":
         rollout_group, learner_share, rollout_share = learner_group, 0.5, 0.4
     else:
-        workers = cfg.rollout.num_engines * cfg.rollout.tensor_parallel_size
-        rollout_group = placement_group([dict(bundle)] * workers, strategy=strategy)
+        rollout_group = placement_group(rollout_bundles, strategy=strategy)
         learner_share, rollout_share = 0.75, 1.0
     ready = [learner_group.ready()] + ([rollout_group.ready()] if rollout_group is not learner_group else [])
     ray.get(ready, timeout=600)
@@ -123,3 +158,43 @@ def node_address_in(group: Any, index: int) -> tuple[str, int, int]:
         return ray.util.get_node_ip_address(), free_port(), free_port()
 
     return ray.get(probe.options(**{**in_bundle(group, index, 0.0, False), "num_cpus": 0}).remote())
+
+
+def _report_node(actor: Any) -> dict[str, Any]:
+    """Runs inside an actor (through `__ray_call__`): where the actor really is."""
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
+            "pid": os.getpid()}
+
+
+def locate(actors: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{actor name: {node_id, ip, pid}}, as each actor reports it."""
+    import ray
+
+    found = ray.get([handle.__ray_call__.remote(_report_node) for handle in actors.values()])
+    return dict(zip(actors, found))
+
+
+def nodes() -> dict[str, dict[str, Any]]:
+    """{node id: {ip, alive, resources}} of the cluster's nodes."""
+    import ray
+
+    return {n["NodeID"]: {"ip": n["NodeManagerAddress"], "alive": n["Alive"], "resources": n["Resources"]}
+            for n in ray.nodes()}
+
+
+def dead_actors(actors: dict[str, Any], timeout_s: float = 10.0) -> list[str]:
+    """Names of the actors that no longer exist. A busy actor (say a learner waiting in a
+    collective for a dead peer) does not answer within the timeout and counts as alive."""
+    import ray
+
+    pings = {handle.__ray_ready__.remote(): name for name, handle in actors.items()}
+    answered, _ = ray.wait(list(pings), num_returns=len(pings), timeout=timeout_s)
+    dead = []
+    for ref in answered:
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayActorError:
+            dead.append(pings[ref])
+    return sorted(dead)

@@ -34,7 +34,10 @@ class RolloutEngine:
         register()
         memory: dict[str, Any] = (
             {"gpu_memory_utilization": gpu_memory_utilization} if use_gpu
-            else {"kv_cache_memory_bytes": kv_cache_memory_mb << 20}
+            # vLLM 0.32's CPU sampler rewinds a seeded request's generator when its prefill is
+            # split into chunks, which CPU generators cannot do ("CPU Generator does not use
+            # offset"): with per-request seeds, a large batch crashes unless prefill is whole.
+            else {"kv_cache_memory_bytes": kv_cache_memory_mb << 20, "enable_chunked_prefill": False}
         )
         self.sleep_mode = sleep_mode and use_gpu  # vLLM's CPU worker has no sleep mode
         self.llm = LLM(

@@ -50,7 +50,7 @@ def runs(tmp_path_factory, tiny_models, prompt_file):
 
     root = tmp_path_factory.mktemp("eval_e2e")
     suite = small_suite(root / "small.yaml")
-    ray.init(num_cpus=8, include_dashboard=False)
+    ray.init(address="local", num_cpus=8, include_dashboard=False)
     try:
         base = root / "base"
         assert cli(["eval", "--model", str(tiny_models["tied"]), "--suite", str(suite), "--output", str(base),

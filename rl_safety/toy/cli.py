@@ -1,0 +1,113 @@
+"""`toy build` and `toy eval`: the base toy model and its held-out metrics.
+
+    toy build [--force] [--no-eval] [key=value ...]   e.g. steps=300 world.harmful_refusal_rate=0.2
+    toy eval --model PATH [--seed N] [--n-math N] [--n-sampled N] [--out FILE.json]
+    toy run [--output-dir DIR] [key=value ...]        the GRPO arm end to end (GRPO config overrides)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        raise ValueError(f"expected key=value overrides, got {bad}")
+    return dict(p.split("=", 1) for p in pairs)
+
+
+def refusal_nll(model: Path, world) -> dict[str, float]:
+    """The distribution shift DGR is about, on the base model's terms: NLL of the own-style and of
+    the foreign refusals of the held-out harmful requests."""
+    from rl_safety.toy.evaluate import response_nll
+    from rl_safety.toy.world import foreign_refusal_response, refuse_response, requests
+
+    harmful = requests("eval", "harmful", world.eval_fraction)
+    return {
+        "own_refusal": response_nll(str(model), [(r.prompt, refuse_response(r)) for r in harmful]),
+        "foreign_refusal": response_nll(str(model), [(r.prompt, foreign_refusal_response()) for r in harmful]),
+    }
+
+
+def _eval_and_print(model: Path, world, seed: int, n_math: int, n_sampled: int, out: Path | None) -> dict[str, float]:
+    from rl_safety.toy.evaluate import evaluate_model, format_table
+
+    metrics, completions = evaluate_model(str(model), world, seed=seed, n_math=n_math, n_sampled=n_sampled)
+    print(format_table({model.name: metrics}))
+    nll = refusal_nll(model, world)
+    print(f"NLL per response token on held-out harmful requests: own-style refusal {nll['own_refusal']:.3f}, "
+          f"foreign refusal {nll['foreign_refusal']:.3f}")
+    if out is not None:
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps({"model": str(model), "metrics": metrics, "nll": nll,
+                                   "samples": {g: c[:5] for g, c in completions.items()}}, indent=2))
+        tmp.replace(out)
+        print(f"metrics written to {out}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="toy", description="The toy safety world on CPU.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build (or find in the cache) the base toy model, then evaluate it")
+    build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
+    build.add_argument("overrides", nargs="*", help="BuildConfig fields as key=value (world.* for the world)")
+    ev = sub.add_parser("eval", help="held-out toy-world metrics of a model")
+    ev.add_argument("--model", required=True, type=Path, help="Hugging Face model directory")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the toy world the model was built on")
+    ev.add_argument("--n-math", type=int, default=200, help="held-out arithmetic problems")
+    ev.add_argument("--n-sampled", type=int, default=8, help="samples at temperature 1 per harmful request")
+    ev.add_argument("--out", type=Path, help="write metrics and sample completions to this JSON file")
+    run = sub.add_parser("run", help="GRPO on the base toy model, then held-out metrics of base vs GRPO")
+    run.add_argument("--output-dir", type=Path, default=Path("runs/toy"), help="where the run goes")
+    run.add_argument("overrides", nargs="*", help="configs/toy/grpo.yaml overrides, e.g. run.total_steps=10")
+    args = parser.parse_args(argv)
+
+    if args.command == "run":
+        from rl_safety.toy.grpo_arm import run_grpo_arm
+
+        run_grpo_arm(args.overrides, args.output_dir)
+        return 0
+
+    from rl_safety.toy.model import BuildConfig, build_base_model
+    from rl_safety.toy.world import WorldConfig
+
+    if args.command == "build":
+        try:
+            config = BuildConfig.from_overrides(_overrides(args.overrides))
+        except (KeyError, ValueError) as e:
+            print(f"toy build: {e.args[0]}", file=sys.stderr)
+            return 2
+        path = build_base_model(config, force=args.force, log=lambda msg: print(msg, flush=True))
+        info = json.loads((path / "build.json").read_text())
+        print(f"base model: {path}  ({info['parameters'] / 1e6:.2f}M parameters, built in {info['build_seconds']}s)")
+        for name, rel in info["data"].items():
+            print(f"  {name}: {path / rel}")
+        if not args.no_eval:
+            cached = path / "eval.json"
+            if cached.exists() and not args.force:
+                from rl_safety.toy.evaluate import format_table
+
+                print(format_table({path.name: json.loads(cached.read_text())["metrics"]}))
+            else:
+                _eval_and_print(path, config.world, config.seed, 200, 8, cached)
+        return 0
+
+    world_file = args.model / "data" / "world.json"
+    world = WorldConfig()
+    if world_file.exists():  # a base model directory records the world it was built on
+        recorded = json.loads(world_file.read_text())
+        args.seed = recorded.pop("seed")
+        world = WorldConfig(**{k: v for k, v in recorded.items() if k in asdict(world)})
+    _eval_and_print(args.model, world, args.seed, args.n_math, args.n_sampled, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
