@@ -56,7 +56,7 @@ def build_tiny_model(
     num_heads: int = 2,
     intermediate_size: int = 256,
     tie_word_embeddings: bool = True,
-    max_position_embeddings: int = 512,
+    max_position_embeddings: int = 1024,
     seed: int = 0,
 ) -> Path:
     """Write a randomly initialised tiny Qwen2 + tokenizer to `path` (head_dim = hidden/heads;

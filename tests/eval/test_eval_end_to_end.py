@@ -24,7 +24,7 @@ def small_suite(path: Path) -> Path:
     greedy = {"n": 1, "temperature": 0.0, "max_new_tokens": 24}
     suite = {
         "name": "small", "data_root": str(SHARED_DATA),
-        "generation": {"engines": 1, "dtype": "float32", "max_prompt_tokens": 400, "kv_cache_memory_mb": 64,
+        "generation": {"engines": 1, "dtype": "float32", "max_prompt_tokens": 960, "kv_cache_memory_mb": 64,
                        "enforce_eager": True},
         "benchmarks": [
             {"name": "xstest_safe", "kind": "benign", "data": "xstest/xstest_prompts.csv", "where": {"label": "safe"},
