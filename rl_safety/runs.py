@@ -2,9 +2,12 @@
 
     RUN/config.yaml              the resolved config (defaults filled in)
     RUN/metrics.jsonl            one JSON object per step
+    RUN/placement.json           the node (id, IP) and pid of every actor of the last start
     RUN/rollouts/step_N.jsonl    sampled rollouts of step N
     RUN/checkpoints/step_N/      DeepSpeed checkpoint + driver_state.json (complete ones only)
     RUN/final/                   Hugging Face export of the last policy
+    RUN/cost.json                the cost ledger (rl_safety.ledger)
+    RUN/eval/SUITE/              `rl-safety eval` results of RUN/final
 """
 
 from __future__ import annotations
@@ -66,6 +69,9 @@ class RunDirectory:
         rows = [line for line in self.metrics_path.read_text().splitlines()
                 if line and json.loads(line)["step"] <= last_step]
         self.metrics_path.write_text("".join(r + "\n" for r in rows))
+
+    def write_json(self, name: str, data: Any) -> None:
+        (self.root / name).write_text(json.dumps(data, indent=1) + "\n")
 
     def write_rollouts(self, step: int, rows: list[dict[str, Any]]) -> None:
         with (self.rollouts / f"step_{step}.jsonl").open("w") as f:

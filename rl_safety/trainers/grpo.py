@@ -27,6 +27,7 @@ from rl_safety.algorithms import grpo_math
 from rl_safety.config.grpo import GRPOConfig
 from rl_safety.config.loader import dump_config
 from rl_safety.data.prompts import PromptExample, PromptSampler, build_prompts, load_rows
+from rl_safety.ledger import CostLedger
 from rl_safety.orchestration import cluster
 from rl_safety.orchestration.reward_pool import RewardPool, RewardWorker, load_reward_specs
 from rl_safety.rollout.vllm_engine import Completion
@@ -194,6 +195,7 @@ class GRPOTrainer:
         self.run = RunDirectory(Path(cfg.run.output_dir) / cfg.run.name)
         self.run.create(resume)
         dump_config(cfg, self.run.root / "config.yaml")
+        self.ledger = CostLedger(self.run.root, "grpo", model_path=cfg.model.path, resume=resume)
         # Unknown reward names or a broken reward file fail here, before any actor starts.
         self.reward_specs = load_reward_specs(cfg.rewards, cfg.reward_modules)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
@@ -211,6 +213,7 @@ class GRPOTrainer:
         self.resume = resume
         log.info("batch plan: %s", cfg.batch_plan())
         self.workers = Workers(cfg, source)
+        self.ledger.set_devices("gpu" if self.workers.layout.use_gpu else "cpu", cluster.bundles_needed(cfg))
         self.run.write_json("placement.json", {"actors": self.workers.placement, "nodes": cluster.nodes()})
         for name, where in self.workers.placement.items():
             log.info("%s runs on node %s (%s, pid %d)", name, where["node_id"][:12], where["ip"], where["pid"])
@@ -223,6 +226,7 @@ class GRPOTrainer:
 
     # ---------------------------------------------------------------------------- the loop
     def train(self) -> Path:
+        from ray.exceptions import RayActorError
         from tqdm import tqdm
 
         cfg = self.cfg
@@ -232,13 +236,14 @@ class GRPOTrainer:
             try:
                 metrics = self.step(step)
                 self.run.log_metrics(step, metrics)
+                self.ledger.write()
                 bar.set_postfix(reward=f"{metrics['reward/total/mean']:.3f}",
                                 diff=f"{metrics['rollout_learner_logprob_diff']:.1e}")
                 bar.update()
                 last = step + 1 == cfg.run.total_steps
                 if last or (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0):
                     self.save_checkpoint(step)
-            except ActorFailure as err:
+            except (ActorFailure, RayActorError) as err:  # a reward worker's death is a RayActorError
                 raise self._actor_lost(step, err) from err
         bar.close()
         self.run.close()
@@ -295,6 +300,11 @@ class GRPOTrainer:
         t = time.perf_counter()
         train_stats = self._update(batch, step)
         timings["timing/train"] += time.perf_counter() - t
+        # cost: every sequence (prompt + response) goes through each optimizer epoch, and
+        # through forward-only passes for the old (and reference) logprobs
+        sequence_tokens = int(batch["attention_mask"].sum())
+        self.ledger.add_tokens(trained=sequence_tokens * a.epochs_per_step,
+                               forward_only=sequence_tokens * (2 if ref is not None else 1))
 
         # 6. weight sync (learner -> vLLM)
         t = time.perf_counter()
@@ -323,6 +333,7 @@ class GRPOTrainer:
             metrics["kl"] = train_stats.pop("kl_sum") / tokens
         metrics.update({f"train/{k}": v for k, v in train_stats.items()})
         metrics.update(timings)
+        self.ledger.add_phase_times(timings)
         step_time = sum(timings.values())
         metrics["timing/step"] = step_time
         metrics["tokens_generated"] = float(lengths.sum())
@@ -387,6 +398,9 @@ class GRPOTrainer:
             for i, engine in enumerate(engines) if i * size < len(prompts)
         ]
         groups = [g for part in _get(futures, "generating rollouts (vLLM)") for g in part]
+        # cost: all generated tokens, also of groups dynamic sampling drops later
+        self.ledger.add_tokens(generated=sum(len(c.token_ids) for g in groups for c in g),
+                               prefilled=sum(len(p.token_ids) for p in prompts))
         if self.cfg.cluster.placement == "colocated":
             _get([e.sleep.remote() for e in engines], "putting the rollout engines to sleep")
         return groups
@@ -450,7 +464,8 @@ class GRPOTrainer:
                 "step": step, "group": s.group, "prompt": s.prompt.text, "completion": s.completion.text,
                 **{k: v for k, v in s.prompt.columns.items() if _jsonable(v)},
                 "rewards": {k: v[i] for k, v in raw.items()}, "reward": float(total[i]),
-                "advantage": float(advantages[i]), "response_tokens": len(s.completion.token_ids),
+                "advantage": float(advantages[i]), "prompt_tokens": len(s.prompt.token_ids),
+                "response_tokens": len(s.completion.token_ids),
                 "truncated": s.completion.truncated,
             })
         self.run.write_rollouts(step, rows)
@@ -464,7 +479,7 @@ class GRPOTrainer:
                  "python_random": repr(random.getstate())}
         return self.run.commit_checkpoint(step, state, self.cfg.run.keep_checkpoints)
 
-    def _actor_lost(self, step: int, err: ActorFailure) -> ActorFailure:
+    def _actor_lost(self, step: int, err: Exception) -> ActorFailure:
         """The error that ends a run whose actor died: which actor, on which node, and where
         to resume from (a checkpoint being written when it happened stays uncommitted)."""
         dead = cluster.dead_actors(self.workers.actors)
@@ -519,9 +534,23 @@ def _jsonable(value: Any) -> bool:
 
 
 def run_grpo(cfg: GRPOConfig, source: str, resume: bool = False) -> Path:
-    trainer = GRPOTrainer(cfg, source, resume)
-    try:
-        return trainer.train()
-    finally:
-        trainer.run.close()
-        trainer.workers.shutdown()
+    """Train; with `run.max_restarts`, a run that lost an actor starts every actor afresh and
+    resumes from its last checkpoint (redoing the steps since), as `--resume` would."""
+    for restart in range(cfg.run.max_restarts + 1):
+        trainer = GRPOTrainer(cfg, source, resume)
+        completed = False
+        try:
+            final = trainer.train()
+            completed = True
+            return final
+        except ActorFailure as err:
+            if restart == cfg.run.max_restarts or trainer.run.latest_checkpoint() is None:
+                raise
+            log.warning("%s\nrestart %d of run.max_restarts=%d from the last checkpoint",
+                        err, restart + 1, cfg.run.max_restarts)
+            resume = True
+        finally:
+            trainer.run.close()
+            trainer.ledger.finish(trainer.workers.actors, complete=completed)  # cost.json, also of a failed run
+            trainer.workers.shutdown()
+    raise AssertionError("unreachable: the last attempt returns or raises")

@@ -1,0 +1,111 @@
+"""The launch scripts and manifest: shell syntax, dry runs for a faked allocation, the RayJob
+manifest's entrypoint. Nothing here starts Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rl_safety.config import GRPOConfig, load_config
+from tests.conftest import REPO
+
+LAUNCH = REPO / "launch"
+SCRIPTS = ["local_head.sh", "ray_job_submit.sh", "slurm_grpo.sbatch"]
+
+
+def dry_run(script: str, *args: str, **env: str) -> list[str]:
+    """The lines the script prints under DRY_RUN=1."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RAY_"))}
+    environ.update(DRY_RUN="1", PYTHON=sys.executable, **env)
+    result = subprocess.run(["bash", str(LAUNCH / script), *args], env=environ, cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_shell_syntax(script):
+    result = subprocess.run(["bash", "-n", str(LAUNCH / script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_without_a_config_the_script_prints_its_usage(script):
+    result = subprocess.run(["bash", str(LAUNCH / script)], capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("SLURM_")})
+    assert result.returncode == 2
+    assert "CONFIG [key=value ...] [--resume]" in result.stderr
+
+
+def test_slurm_dry_run_starts_head_then_workers_then_the_job():
+    lines = dry_run("slurm_grpo.sbatch", "configs/grpo_r1distill_qwen_1.5b_safety.yaml", "learner.num_ranks=8",
+                    "--resume", SLURM_JOB_NODELIST="gpu[07-08]", SLURM_NNODES="2", SLURM_SUBMIT_DIR="/shared/me",
+                    SLURM_CPUS_PER_TASK="64")
+    commands = [shlex.split(line) for line in lines if not line.startswith("#")]
+    head, worker, job = commands
+    assert head[:5] == ["srun", "--nodes=1", "--ntasks=1", "-w", "gpu07"]
+    assert head[5:9] == ["ray", "start", "--head", "--block"] and "--port=6379" in head
+    assert {"--num-gpus=8", "--num-cpus=64"} <= set(head) and {"--num-gpus=8", "--num-cpus=64"} <= set(worker)
+    assert worker[:5] == ["srun", "--nodes=1", "--ntasks=1", "-w", "gpu08"]
+    assert worker[5:8] == ["ray", "start", "--block"] and "--address=gpu07:6379" in worker
+    assert job[1:] == ["-m", "rl_safety", "grpo", "--config", "configs/grpo_r1distill_qwen_1.5b_safety.yaml",
+                       "cluster.address=auto", "run.output_dir=/shared/me/runs", "learner.num_ranks=8", "--resume"]
+    # Workers start once the head answers; the job once both nodes joined.
+    assert [line for line in lines if line.startswith("# wait")] == [
+        "# wait until 1 Ray node(s) joined gpu07:6379", "# wait until 2 Ray node(s) joined gpu07:6379"]
+    assert lines[-2:] == ["# wait until 2 Ray node(s) joined gpu07:6379", lines[-1]]
+    assert lines.index("# wait until 1 Ray node(s) joined gpu07:6379") < lines.index(shlex.join(worker) + " ")
+
+
+def test_slurm_dry_run_expands_a_mixed_node_list():
+    lines = dry_run("slurm_grpo.sbatch", "c.yaml", SLURM_JOB_NODELIST="a[1-2,09],b7", SLURM_NNODES="4")
+    targets = [shlex.split(line)[4] for line in lines if line.startswith("srun")]
+    assert targets == ["a1", "a2", "a09", "b7"]
+
+
+def test_local_head_dry_run_points_the_job_at_the_head_it_starts():
+    lines = dry_run("local_head.sh", "c.yaml", "run.total_steps=2", RAY_PORT="6390", NUM_CPUS="8")
+    head, job = (shlex.split(line) for line in lines)
+    assert head[:4] == ["setsid", "ray", "start", "--head"] and {"--port=6390", "--num-cpus=8"} <= set(head)
+    assert job[1:] == ["-m", "rl_safety", "grpo", "--config", "c.yaml", "cluster.address=127.0.0.1:6390",
+                       "run.total_steps=2"]
+
+
+def test_ray_job_submit_dry_run_ships_the_repository_as_working_dir():
+    (line,) = dry_run("ray_job_submit.sh", "c.yaml", "--resume", RAY_ADDRESS="http://head:8265", RUN_DIR="/nfs/runs")
+    args = shlex.split(line)
+    split = args.index("--")
+    options = dict(a.split("=", 1) for a in args[3:split])
+    assert args[:3] == ["ray", "job", "submit"] and options["--address"] == "http://head:8265"
+    assert Path(options["--working-dir"]) == REPO
+    assert ".venv" in json.loads(options["--runtime-env-json"])["excludes"]
+    assert args[split + 1:] == ["python", "-m", "rl_safety", "grpo", "--config", "c.yaml", "cluster.address=auto",
+                                "run.output_dir=/nfs/runs", "--resume"]
+
+
+def test_rayjob_manifest_runs_rl_safety_grpo_on_a_cluster_that_fits_it():
+    manifest = yaml.safe_load((LAUNCH / "kuberay_rayjob.yaml").read_text())
+    assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayJob")
+    entrypoint = shlex.split(manifest["spec"]["entrypoint"])
+    assert entrypoint[:3] == ["rl-safety", "grpo", "--config"]
+    config_path, overrides = entrypoint[3], entrypoint[4:]
+    assert "cluster.address=auto" in overrides
+    cfg = load_config(GRPOConfig, REPO / config_path, overrides)  # the config and overrides are valid
+
+    # Every pod mounts the shared volume that holds run.output_dir.
+    cluster = manifest["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    for pod in pods:
+        mounts = [m["mountPath"] for c in pod["spec"]["containers"] for m in c["volumeMounts"]]
+        assert any(cfg.run.output_dir.startswith(m + "/") for m in mounts), mounts
+    # The GPU workers hold the separate layout: one GPU per learner rank and per rollout worker.
+    gpus = sum(int(g["replicas"]) * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+               for g in cluster["workerGroupSpecs"])
+    assert cfg.learner.num_ranks + cfg.rollout.num_engines * cfg.rollout.tensor_parallel_size <= gpus
