@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
 
 def _grpo(argv: list[str]) -> int:
-    from rl_safety.config import ConfigError, GRPOConfig, load_config
+    from rl_safety.config import GRPOConfig
+    from rl_safety.config.loader import config_from_command_line
 
-    parser = argparse.ArgumentParser(prog="rl-safety grpo", description="GRPO with verifiable rewards")
-    parser.add_argument("--config", required=True, help="YAML config (see configs/)")
-    parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. algorithm.group_size=8")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(GRPOConfig, args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg, args = config_from_command_line(
+        GRPOConfig, argv, "rl-safety grpo", "GRPO with verifiable rewards",
+        add_arguments=lambda p: p.add_argument("--resume", action="store_true",
+                                               help="continue from the run's last checkpoint"),
+    )
     from rl_safety.trainers.grpo import run_grpo
 
     print(f"batch plan: {cfg.batch_plan()}")

@@ -88,6 +88,27 @@ def _has_key(data: dict[str, Any], loc: tuple) -> bool:
     return True
 
 
+def config_from_command_line(schema: type[Schema], argv: list[str], prog: str, description: str,
+                             config_help: str = "YAML config (see configs/)", add_arguments=None):
+    """`--config FILE [key=value ...]` (plus whatever `add_arguments(parser)` adds) -> (config,
+    parsed args). A config that does not validate prints its error and exits with status 2,
+    before anything is started."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", required=True, help=config_help)
+    if add_arguments is not None:
+        add_arguments(parser)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run.name=x")
+    args = parser.parse_args(argv)
+    try:
+        return load_config(schema, args.config, args.overrides), args
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def dump_config(config: BaseModel, path: str | Path) -> None:
     """Write the fully resolved config (defaults included) as YAML, to reproduce the run."""
     Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -142,10 +142,21 @@ def in_bundle(group: Any, index: int, share: float, use_gpu: bool) -> dict[str, 
     return options
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports. The sockets stay bound until all are picked: ports asked for
+    one after the other can come back equal, and two rendezvous stores on one port hang."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def node_address_in(group: Any, index: int) -> tuple[str, int, int]:
@@ -155,7 +166,7 @@ def node_address_in(group: Any, index: int) -> tuple[str, int, int]:
 
     @ray.remote(num_cpus=0)
     def probe() -> tuple[str, int, int]:
-        return ray.util.get_node_ip_address(), free_port(), free_port()
+        return (ray.util.get_node_ip_address(), *free_ports(2))
 
     return ray.get(probe.options(**{**in_bundle(group, index, 0.0, False), "num_cpus": 0}).remote())
 

@@ -39,16 +39,11 @@ def run_dgr(cfg: DGRConfig) -> tuple[Path, dict]:
 
 
 def main(argv: list[str]) -> int:
-    import argparse
+    from rl_safety.config.loader import ConfigError, config_from_command_line
 
-    from rl_safety.config import ConfigError, load_config
-
-    parser = argparse.ArgumentParser(prog="rl-safety dgr", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="YAML config (see configs/dgr_*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
+    cfg, _ = config_from_command_line(DGRConfig, argv, "rl-safety dgr", __doc__.split("\n\n")[0],
+                                      config_help="YAML config (see configs/dgr_*.yaml)")
     try:
-        cfg = load_config(DGRConfig, args.config, args.overrides)
         _check_template(cfg.dgr.refinement_prompt)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

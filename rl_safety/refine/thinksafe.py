@@ -11,7 +11,6 @@ steered text (the text itself is in PATH.config.yaml).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from rl_safety.config.refine import ThinkSafeConfig
@@ -43,19 +42,10 @@ def run_thinksafe(cfg: ThinkSafeConfig) -> tuple[Path, dict]:
 
 
 def main(argv: list[str]) -> int:
-    import argparse
+    from rl_safety.config.loader import config_from_command_line
 
-    from rl_safety.config import ConfigError, load_config
-
-    parser = argparse.ArgumentParser(prog="rl-safety thinksafe", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="YAML config (see configs/thinksafe_*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(ThinkSafeConfig, args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg, _ = config_from_command_line(ThinkSafeConfig, argv, "rl-safety thinksafe", __doc__.split("\n\n")[0],
+                                      config_help="YAML config (see configs/thinksafe_*.yaml)")
     path, stats = run_thinksafe(cfg)
     print(f"done: {stats.get('kept', 0)} rows in {path} (filter counts in {path}.stats.json)")
     return 0

@@ -346,7 +346,7 @@ class GRPOTrainer:
         """Generate and score groups; with dynamic sampling keep only groups whose rewards
         differ (a flat group has zero advantage: no signal) and draw more prompts until the
         batch is full or `max_sampling_rounds` is reached, then fill up with flat groups."""
-        cfg, a = self.cfg, self.cfg.algorithm
+        a = self.cfg.algorithm
         kept: list[tuple[list[Sample], dict, torch.Tensor]] = []
         flat: list[tuple[list[Sample], dict, torch.Tensor]] = []
         rounds = 0

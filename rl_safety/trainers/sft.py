@@ -300,20 +300,10 @@ def run_sft(cfg: SFTConfig, source: str = "<config>") -> Path:
 
 
 def main(argv: list[str]) -> int:
-    import argparse
-    import sys
+    from rl_safety.config.loader import config_from_command_line
 
-    from rl_safety.config import ConfigError, load_config
-
-    parser = argparse.ArgumentParser(prog="rl-safety sft", description="SFT on safety traces (DeepSpeed, LoRA)")
-    parser.add_argument("--config", required=True, help="YAML config (see configs/sft_*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learner.learning_rate=1e-5")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(SFTConfig, args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg, args = config_from_command_line(SFTConfig, argv, "rl-safety sft", "SFT on safety traces (DeepSpeed, LoRA)",
+                                         config_help="YAML config (see configs/sft_*.yaml)")
     print(f"batch plan: {cfg.batch_plan()}")
     final = run_sft(cfg, source=args.config)
     print(f"done: checkpoint in {final} (use it as model.path of rl-safety grpo)")
