@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -149,7 +150,8 @@ def judge_outputs(judge_prompts: list[str], max_tokens: int, *, model: str, num_
     import ray
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False)
+        # Join a cluster only when asked to (RAY_ADDRESS); never attach to a stranger's Ray.
+        ray.init(address=os.environ.get("RAY_ADDRESS", "local"), include_dashboard=False)
     if num_gpus is None:
         num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     key = json.dumps([model, num_gpus, max_model_len, vllm_kwargs], sort_keys=True, default=str)
