@@ -9,11 +9,16 @@ import os
 
 import pytest
 
-from rl_safety.toy.model import BuildConfig, build_base_model, model_dir
+from rl_safety.toy.model import BuildConfig, build_base_model, cache_root, model_dir
+
+# The user's cache, read at collection: the small-build fixture points RL_SAFETY_CACHE at a
+# temporary cache for the rest of the session.
+USER_CACHE = cache_root()
 
 
 @pytest.mark.integration
-def test_base_model_premise():
+def test_base_model_premise(monkeypatch):
+    monkeypatch.setenv("RL_SAFETY_CACHE", str(USER_CACHE))
     from rl_safety.toy.evaluate import evaluate_model
 
     config = BuildConfig()

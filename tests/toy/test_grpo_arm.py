@@ -11,11 +11,16 @@ import os
 
 import pytest
 
-from rl_safety.toy.model import BuildConfig, model_dir
+from rl_safety.toy.model import BuildConfig, cache_root, model_dir
+
+# The user's cache, read at collection: the small-build fixture points RL_SAFETY_CACHE at a
+# temporary cache for the rest of the session.
+USER_CACHE = cache_root()
 
 
 @pytest.mark.integration
-def test_grpo_raises_refusal_without_a_safety_tax(tmp_path):
+def test_grpo_raises_refusal_without_a_safety_tax(tmp_path, monkeypatch):
+    monkeypatch.setenv("RL_SAFETY_CACHE", str(USER_CACHE))
     if not model_dir(BuildConfig()).exists() and os.environ.get("RL_SAFETY_TOY_FULL_BUILD") != "1":
         pytest.skip(f"base toy model not cached at {model_dir(BuildConfig())}: run `rl-safety toy build` "
                     "or set RL_SAFETY_TOY_FULL_BUILD=1")
