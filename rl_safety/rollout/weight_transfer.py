@@ -195,22 +195,30 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
         engine = cls(client=client, source=source, is_sender=init_info.is_sender)
         if not engine.is_sender:
             return engine
+        # The trainer's store binds first (port 0: any free port), so no other process can take
+        # the port between choosing it and listening on it; workers then get the real port.
+        store = dist.TCPStore(init_info.master_address, init_info.master_port, init_info.world_size,
+                              is_master=True, timeout=_TIMEOUT, wait_for_workers=False)
         # rank_offset 1 is the first engine's; `PerEngineClient` shifts it for the others.
         worker_info = asdict(
             GlooWorkerInitInfo(
                 master_address=init_info.master_address,
-                master_port=init_info.master_port,
+                master_port=store.port,
                 rank_offset=1,
                 world_size=init_info.world_size,
             )
         )
-        # Workers block in the rendezvous until the trainer opens the store: run both at once.
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        # Workers block in the rendezvous until every rank joins: run both sides at once. On an
+        # error, never wait for the workers' call (it would block forever): raise at once.
+        pool = ThreadPoolExecutor(max_workers=1)
+        try:
             pending = pool.submit(engine.client.init_weight_transfer_engine, worker_info)
-            engine.group = _open_group(
-                init_info.master_address, init_info.master_port, 0, init_info.world_size
+            engine.group = dist.ProcessGroupGloo(
+                dist.PrefixStore("rl_safety_weight_sync", store), 0, init_info.world_size, _TIMEOUT
             )
             pending.result()
+        finally:
+            pool.shutdown(wait=False)
         return engine
 
     def send_weights(self) -> None:

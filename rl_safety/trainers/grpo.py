@@ -152,8 +152,10 @@ class Workers:
         if not self.adapter_sync:
             workers = ro.num_engines * ro.tensor_parallel_size
             offsets = [1 + i * ro.tensor_parallel_size for i in range(ro.num_engines)]
+            # gloo binds its own free port (0); NCCL's rendezvous takes the probed one.
             _get([learner.init_weight_sync.remote(
-                self.rollouts, learner_ip, sync_port, 1 + workers, offsets, "nccl" if use_gpu else "gloo"
+                self.rollouts, learner_ip, sync_port if use_gpu else 0, 1 + workers, offsets,
+                "nccl" if use_gpu else "gloo",
             ) for learner in self.learners], "forming the learner -> vLLM weight-sync group")
 
     def learners_call(self, method: str, *args: Any, what: str) -> list[Any]:
