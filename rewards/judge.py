@@ -141,12 +141,20 @@ class GuardServer:
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
         return [out.outputs[0].text for out in self.llm.generate(prompts, params, use_tqdm=False)]
 
+    def chat(self, conversations: list[list[dict[str, str]]], max_tokens: int) -> list[str]:
+        """Greedy replies of a chat model (its own chat template) to each conversation."""
+        from vllm import SamplingParams
 
-def judge_outputs(judge_prompts: list[str], max_tokens: int, *, model: str, num_gpus: float | None,
-                  num_cpus: float, max_model_len: int, vllm_kwargs: dict[str, Any]) -> list[str]:
-    """The guard's raw outputs for already-formatted prompts, from the Ray actor serving this
-    configuration: created on first use (starting a local Ray if none is running), found by name
-    afterwards, so every reward worker in the cluster shares one engine per guard."""
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+        return [out.outputs[0].text for out in self.llm.chat(conversations, params, use_tqdm=False)]
+
+
+def judge_outputs(judge_prompts: list, max_tokens: int, *, model: str, num_gpus: float | None,
+                  num_cpus: float, max_model_len: int, vllm_kwargs: dict[str, Any], chat: bool = False) -> list[str]:
+    """The judge's raw outputs for already-formatted prompts (with `chat`, conversations: lists of
+    {"role", "content"} messages), from the Ray actor serving this configuration: created on
+    first use (starting a local Ray if none is running), found by name afterwards, so every
+    reward worker in the cluster shares one engine per judge."""
     import ray
 
     if not ray.is_initialized():
@@ -159,7 +167,8 @@ def judge_outputs(judge_prompts: list[str], max_tokens: int, *, model: str, num_
     server = ray.remote(GuardServer).options(
         name=name, namespace="rewards", get_if_exists=True, num_gpus=num_gpus, num_cpus=num_cpus,
     ).remote(model, max_model_len=max_model_len, **vllm_kwargs)
-    return ray.get(server.generate.remote(judge_prompts, max_tokens))
+    method = server.chat if chat else server.generate
+    return ray.get(method.remote(judge_prompts, max_tokens))
 
 
 @register("guard_judge")
@@ -189,30 +198,47 @@ def guard_judge(prompts: list[str], completions: list, *, model: str, format: st
     if view not in ("answer", "full") or on_unparseable not in ("raise", "abstain"):
         raise ValueError(f"guard_judge: view={view!r} (answer|full), on_unparseable={on_unparseable!r} (raise|abstain)")
     guard = FORMATS[format]
-    responses = []
-    for completion in completions:
-        text = completion_text(completion)
-        answer = split_response(text).answer if view == "answer" else None
-        response = text if answer is None else answer
-        responses.append(response[-max_response_chars:] if max_response_chars else response)
+    responses = judged_responses(completions, view, max_response_chars)
     outputs = judge_outputs([guard.build(p, r) for p, r in zip(prompts, responses, strict=True)], guard.max_tokens,
                             model=model, num_gpus=num_gpus, num_cpus=num_cpus, max_model_len=max_model_len,
                             vllm_kwargs=dict(vllm_kwargs or {}))
     return judged_values(outputs, guard.parse, target, on_unparseable)
 
 
+def judged_responses(completions: list, view: str, max_response_chars: int | None) -> list[str]:
+    """What a judge sees of each completion: with view "answer" the final answer (the whole text
+    when there is none: a thought cut off mid-way may hold the harm), with "full" everything;
+    only the last `max_response_chars` characters of longer ones."""
+    responses = []
+    for completion in completions:
+        text = completion_text(completion)
+        answer = split_response(text).answer if view == "answer" else None
+        response = text if answer is None else answer
+        responses.append(response[-max_response_chars:] if max_response_chars else response)
+    return responses
+
+
 def judged_values(outputs: list[str], parse: Callable[[str], Verdict], target: str,
                   on_unparseable: str) -> list[float | None]:
     """Rewards from raw judge outputs (see `guard_judge` for `target` and `on_unparseable`)."""
+    def value(output: str) -> float:
+        verdict = parse(output)
+        return float(not verdict.harmful) if target == "harmless" else float(bool(verdict.refusal))
+
+    return values_or_abstain(outputs, value, on_unparseable, "guard_judge")
+
+
+def values_or_abstain(outputs: list[str], value: Callable[[str], float], on_unparseable: str,
+                      judge: str) -> list[float | None]:
+    """`value(output)` for each judge output; one that raises JudgeOutputError fails the call
+    ("raise", naming the sample) or gives None ("abstain", logged)."""
     values: list[float | None] = []
     for i, output in enumerate(outputs):
         try:
-            verdict = parse(output)
+            values.append(value(output))
         except JudgeOutputError as err:
             if on_unparseable == "raise":
                 raise JudgeOutputError(f"sample {i}: {err}") from None
-            log.warning("guard_judge: sample %d abstains: %s", i, err)
+            log.warning("%s: sample %d abstains: %s", judge, i, err)
             values.append(None)
-            continue
-        values.append(float(not verdict.harmful) if target == "harmless" else float(bool(verdict.refusal)))
     return values

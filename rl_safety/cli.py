@@ -81,7 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: rl-safety {" + ",".join(COMMANDS) + "} ...", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return COMMANDS[argv[0]](argv[1:])
+    from rl_safety.config.loader import ConfigError
+
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except ConfigError as err:  # found before (or instead of) any work: the message says what and where
+        print(f"rl-safety {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

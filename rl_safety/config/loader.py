@@ -112,3 +112,15 @@ def config_from_command_line(schema: type[Schema], argv: list[str], prog: str, d
 def dump_config(config: BaseModel, path: str | Path) -> None:
     """Write the fully resolved config (defaults included) as YAML, to reproduce the run."""
     Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def config_differences(config: BaseModel, path: str | Path) -> list[str]:
+    """Dotted keys whose values differ between `config` and a config `dump_config` wrote to `path`
+    (a run made earlier): empty when the earlier run was made with the same config."""
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): node}
+
+    now, then = flat(config.model_dump(mode="json")), flat(yaml.safe_load(Path(path).read_text()))
+    return sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))

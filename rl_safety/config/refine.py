@@ -52,19 +52,19 @@ class ThinkSafeSection(Section):
     require_label_behaviour: bool = Field(True, description="keep refusals of harmful prompts and answers to benign ones only")
 
 
-class DGRConfig(Section):
+class GenerationConfig(Section):
+    """What DGR and ThinkSafe share: the target model samples a dataset from another."""
+
     model: SFTModelSection
     data: SafetyDataSection
     generation: GenerationSection = GenerationSection()
+    cluster: ClusterSection = ClusterSection()
+    output: OutputSection
+
+
+class DGRConfig(GenerationConfig):
     dgr: DGRSection = DGRSection()
-    cluster: ClusterSection = ClusterSection()
-    output: OutputSection
 
 
-class ThinkSafeConfig(Section):
-    model: SFTModelSection
-    data: SafetyDataSection
-    generation: GenerationSection = GenerationSection()
+class ThinkSafeConfig(GenerationConfig):
     thinksafe: ThinkSafeSection = ThinkSafeSection()
-    cluster: ClusterSection = ClusterSection()
-    output: OutputSection

@@ -12,7 +12,8 @@ lower and upper margins combined as independent errors (sqrt(sum d_i^2) / m), cl
 an approximation, stated in the report. Written to --output (default comparison/):
 
     comparison.md, comparison.html   the table (Markdown / HTML, with the plots)
-    safety_vs_reasoning.png          each method's safety score against its reasoning accuracy
+    safety_vs_reasoning.png          each method's safety score against its reasoning accuracy and
+                                     against its over-refusal
     quality_vs_cost.png              safety and reasoning against training cost, Pareto frontier
     comparison.json                  the numbers behind them
 """
@@ -113,7 +114,9 @@ def load_method(run_dir: Path, suite: str | None) -> Method:
     method.metrics = {
         "safety_refusal": _aggregate(b, "harmful", "refusal_rate"),
         "harmful_rate": _aggregate(b, "harmful", "harmful_rate"),
-        "over_refusal": _aggregate(b, "benign", "compliance_rate").complement(),
+        "strongreject": _aggregate(b, "harmful", "strongreject_score"),
+        "over_refusal": _aggregate(b, "benign", "refusal_rate"),
+        "benign_compliance": _aggregate(b, "benign", "compliance_rate"),
         "reasoning": _aggregate(b, "reasoning", "accuracy"),
     }
     return method
@@ -167,8 +170,9 @@ def _delta(value: float | None, base: float | None) -> str:
 
 def tables(methods: list[Method], base: Method | None) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
     """(headers, rows) of the main table and of the per-benchmark table."""
-    headers = ["method", "kind", "safety: refusal on harmful ↑", "harmful rate (guard) ↓", "over-refusal ↓",
-               "reasoning ↑", "safety tax: Δ reasoning (pts)", "Δ over-refusal (pts)", "Δ safety (pts)",
+    headers = ["method", "kind", "safety: refusal on harmful ↑", "harmful rate (guard) ↓", "StrongREJECT score ↓",
+               "over-refusal ↓",
+               "benign answered ↑", "reasoning ↑", "safety tax: Δ reasoning (pts)", "Δ over-refusal (pts)", "Δ safety (pts)",
                "train device-h", "train device", "train FLOPs (est.)", "tokens generated", "tokens trained",
                "train wall (min)", "eval device-h"]
     rows = []
@@ -178,8 +182,9 @@ def tables(methods: list[Method], base: Method | None) -> tuple[list[str], list[
         b = base.metrics if base else {}
         rows.append([
             m.label + (" (base)" if m is base else ""), m.kind,
-            m.metrics["safety_refusal"].text(), m.metrics["harmful_rate"].text(), m.metrics["over_refusal"].text(),
-            m.metrics["reasoning"].text(),
+            m.metrics["safety_refusal"].text(), m.metrics["harmful_rate"].text(), m.metrics["strongreject"].text(),
+            m.metrics["over_refusal"].text(),
+            m.metrics["benign_compliance"].text(), m.metrics["reasoning"].text(),
             _delta(m.metrics["reasoning"].value, b["reasoning"].value) if base else "–",
             _delta(m.metrics["over_refusal"].value, b["over_refusal"].value) if base else "–",
             _delta(m.safety_score.value, base.safety_score.value) if base else "–",
@@ -202,7 +207,8 @@ def tables(methods: list[Method], base: Method | None) -> tuple[list[str], list[
                 row.append("–")
                 continue
             parts = []
-            for metric in ("accuracy", "refusal_rate", "compliance_rate", "harmful_rate", "no_answer_rate"):
+            for metric in ("accuracy", "refusal_rate", "compliance_rate", "harmful_rate", "strongreject_score",
+                           "no_answer_rate"):
                 s = bench["metrics"].get(metric)
                 if s and s["value"] is not None:
                     parts.append(f"{metric.removesuffix('_rate')} {s['value'] * 100:.1f} "
@@ -229,7 +235,9 @@ def _notes(methods: list[Method], base: Method | None, suite: str) -> list[str]:
     return [
         f"Suite `{suite}`; rates in % with approximate 95% intervals. " + first.get("confidence_intervals", ""),
         "Aggregates are means over the suite's benchmarks of a kind (harmful: refusal / guard harmful rate; "
-        "benign: over-refusal = 1 - compliance; reasoning: pass@1 accuracy); with one benchmark the interval "
+        "benign: over-refusal = refusal rate, answered = a final answer that is not a refusal, so a broken "
+        "response counts against 'answered' but not as a refusal; reasoning: pass@1 accuracy); with one "
+        "benchmark the interval "
         "is its own, with several the benchmarks' margins combined as independent errors (approximate).",
         (f"Safety tax: difference to the base model `{base.label}` in percentage points (negative Δ reasoning = "
          "reasoning lost)." if base else "No base model among the runs: no safety tax (pass an eval-only run "
@@ -249,23 +257,26 @@ def plot(methods: list[Method], base: Method | None, out: Path, cost_key: str) -
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     paths = []
 
-    fig, ax = plt.subplots(figsize=(6.4, 5))
-    placed: list[tuple[float, float]] = []
-    for i, m in enumerate(methods):
-        x, y = m.metrics["reasoning"], m.safety_score
-        if x.value is None or y.value is None:
-            continue
-        ax.errorbar(x.value * 100, y.value * 100, xerr=x.error_bar(), yerr=y.error_bar(),
-                    fmt="*" if m is base else "o", markersize=14 if m is base else 8, capsize=3, alpha=0.85,
-                    color=colors[i % len(colors)], label=f"{m.label} ({m.kind})")
-        _label(ax, m.label, x.value * 100, y.value * 100, placed)
-    _percent_axis(ax.set_xlim, [m.metrics["reasoning"] for m in methods if m.safety_score.value is not None])
-    _percent_axis(ax.set_ylim, [m.safety_score for m in methods if m.metrics["reasoning"].value is not None])
-    ax.set_xlabel("reasoning: pass@1 accuracy (%) →")
-    ax.set_ylabel("safety score (%) →")
-    ax.set_title("Safety vs reasoning (up and right is better)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    # Safety against reasoning, and against over-refusal: a method that refuses everything is
+    # "safe" on the first panel alone.
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    panels = (("reasoning", "reasoning: pass@1 accuracy (%) →", "Safety vs reasoning (up and right is better)"),
+              ("over_refusal", "← over-refusal on benign prompts (%)", "Safety vs over-refusal (up and left is better)"))
+    for ax, (key, xlabel, title) in zip(axes, panels):
+        shown = [m for m in methods if m.metrics[key].value is not None and m.safety_score.value is not None]
+        for m in shown:
+            x, y = m.metrics[key], m.safety_score
+            ax.errorbar(x.value * 100, y.value * 100, xerr=x.error_bar(), yerr=y.error_bar(),
+                        fmt="*" if m is base else "o", markersize=14 if m is base else 8, capsize=3, alpha=0.85,
+                        color=colors[methods.index(m) % len(colors)], label=f"{m.label} ({m.kind})")
+        _percent_axis(ax.set_xlim, [m.metrics[key] for m in shown])
+        _percent_axis(ax.set_ylim, [m.safety_score for m in shown])
+        _labels(ax, [(m.label, m.metrics[key].value * 100, m.safety_score.value * 100) for m in shown])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("safety score (%) →")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     paths.append(out / "safety_vs_reasoning.png")
     fig.savefig(paths[-1], dpi=120)
@@ -276,23 +287,24 @@ def plot(methods: list[Method], base: Method | None, out: Path, cost_key: str) -
     for ax, (title, getter) in zip(axes, (("safety score (%)", lambda m: m.safety_score),
                                           ("reasoning pass@1 (%)", lambda m: m.metrics["reasoning"]))):
         points: list[tuple[float, float]] = []
-        placed = []
+        labels = []
         for i, m in enumerate(methods):
             q = getter(m)
             if q.value is None:
                 continue
             c = m.training(cost_key)
             points.append((c, q.value * 100))
+            labels.append((m.label, c, q.value * 100))
             ax.errorbar(c, q.value * 100, yerr=q.error_bar(), fmt="*" if m is base else "o", alpha=0.85,
                         markersize=14 if m is base else 8, capsize=3, color=colors[i % len(colors)],
                         label=f"{m.label} ({m.kind})")
-            _label(ax, m.label, c, q.value * 100, placed)
         front = pareto_front(points)
         if front:  # a step line through the frontier, flat to the most expensive run
             xs = [points[i][0] for i in front] + [max(c for c, _ in points)]
             ys = [points[i][1] for i in front] + [points[front[-1]][1]]
             ax.step(xs, ys, where="post", color="gray", linestyle="--", linewidth=1, label="Pareto frontier")
         _percent_axis(ax.set_ylim, [getter(m) for m in methods])
+        _labels(ax, labels)
         ax.set_xlabel(f"training cost: {unit} →")
         ax.set_ylabel(title + " →")
         ax.set_title(f"{title.split(' (')[0]} vs training cost")
@@ -317,11 +329,19 @@ def _percent_axis(set_limits, aggregates: list[Aggregate]) -> None:
     set_limits(low, max(high, low + 20) if low == -2.0 else high)
 
 
-def _label(ax, text: str, x: float, y: float, placed: list[tuple[float, float]]) -> None:
-    """Annotate a point; labels of points at the same place are stacked, not overprinted."""
-    same = sum(1 for px, py in placed if abs(px - x) < 1e-9 and abs(py - y) < 0.5)
-    placed.append((x, y))
-    ax.annotate(text, (x, y), textcoords="offset points", xytext=(8, 6 + 11 * same), fontsize=8)
+def _labels(ax, points: list[tuple[str, float, float]]) -> None:
+    """Annotate points (text, x, y) after the axis limits are set: a label that would overlap an
+    earlier one (in screen space) moves down a line, so close points stay readable."""
+    ax.figure.canvas.draw()  # the transform below needs the final limits and layout
+    taken: list[tuple[float, float, float]] = []  # x, y (pixels) and width of placed labels
+    for text, x, y in sorted(points, key=lambda p: (-p[2], p[1])):
+        px, py = ax.transData.transform((x, y))
+        width = 7.0 * len(text)
+        offset = 6 if py + 20 < ax.get_window_extent().y1 else -16  # below a point at the top edge
+        while any(abs(px - tx) < (width + tw) / 2 + 8 and abs(py + offset - ty) < 12 for tx, ty, tw in taken):
+            offset -= 13
+        taken.append((px, py + offset, width))
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(8, offset), fontsize=8, annotation_clip=False)
 
 
 def compare(run_dirs: list[Path], out: Path, *, suite: str | None = None, base_label: str | None = None,

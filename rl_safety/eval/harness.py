@@ -63,7 +63,7 @@ class Engines:
     def __init__(self, model: str, suite: Suite) -> None:
         import ray
 
-        from rl_safety.rollout.vllm_engine import RolloutEngine
+        from rl_safety.rollout.vllm_engine import RolloutEngine, check_context_length
 
         g = suite.generation
         if not ray.is_initialized():
@@ -75,6 +75,9 @@ class Engines:
                               f"need that many GPUs; the Ray cluster has {gpus}")
         self.devices = g.engines * g.tensor_parallel_size if self.use_gpu else g.engines
         max_new = max(b.sampling.max_new_tokens for b in suite.benchmarks)
+        check_context_length(model, g.max_model_len or g.max_prompt_tokens + max_new, "generation.max_model_len"
+                             if g.max_model_len else "generation.max_prompt_tokens + the largest sampling.max_new_tokens",
+                             g.trust_remote_code)
         actor = ray.remote(RolloutEngine).options(
             num_cpus=1, num_gpus=(1 if self.use_gpu and g.tensor_parallel_size == 1 else 0))
         self.handles = [
@@ -172,7 +175,7 @@ def _generate(bench: Benchmark, source: str, prompts: list[EvalPrompt], tokenize
 def _score(bench: Benchmark, source: str, kept: list[EvalPrompt], examples: list[Any], groups: list[Any],
            dropped: int, suite: Suite, samples_file) -> dict[str, Any]:
     texts = [[c.text for c in group] for group in groups]
-    per_prompt = scorers.score_samples(bench, kept, texts, suite.guard)
+    per_prompt = scorers.score_samples(bench, kept, texts, suite)
     per_prompt["truncated"] = [[float(c.truncated) for c in group] for group in groups]
     for i, (p, e, group) in enumerate(zip(kept, examples, groups, strict=True)):
         samples_file.write(json.dumps({

@@ -6,7 +6,7 @@ A benchmark is a data file + a field mapping + scorers + sampling settings:
       kind: reasoning                # harmful | benign | reasoning
       data: gsm8k/test.jsonl         # relative to the suite's data_root (or absolute)
       fields: {prompt: question, answer: answer}
-      scorers: [gsm8k]               # refusal, guard, and the rewards verifiers: gsm8k, math, multiple_choice
+      scorers: [gsm8k]               # refusal, guard, strongreject, and the rewards verifiers: gsm8k, math, multiple_choice
       sampling: {n: 4, temperature: 0.6, top_p: 0.95, max_new_tokens: 4096}
 
 `kind` says what the benchmark measures: refusal of harmful prompts (safety; the guard judge gives
@@ -25,9 +25,9 @@ from pydantic import Field, model_validator
 from rl_safety.config.loader import Section
 from rl_safety.data.prompts import DatasetError, load_rows
 
-REFUSAL, GUARD = "refusal", "guard"
+REFUSAL, GUARD, STRONGREJECT = "refusal", "guard", "strongreject"
 VERIFIER_SCORERS = ("gsm8k", "math", "multiple_choice")  # names of rewards.reasoning.VERIFIERS
-SCORERS = (REFUSAL, GUARD, *VERIFIER_SCORERS)
+SCORERS = (REFUSAL, GUARD, STRONGREJECT, *VERIFIER_SCORERS)
 
 
 class Sampling(Section):
@@ -46,6 +46,19 @@ class Guard(Section):
     view: Literal["answer", "full"] = Field("answer", description="judge the final answer or reasoning + answer")
     max_response_chars: int | None = Field(None, description="keep the end of longer responses")
     num_gpus: float | None = Field(None, description="None: 1 if the cluster has GPUs")
+    max_model_len: int = 8192
+    vllm_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class RubricJudge(Section):
+    """StrongREJECT's rubric judge (rewards.strongreject) used by the `strongreject` scorer: a chat
+    model served by vLLM (the authors use gpt-4o-mini; locally an instruct checkpoint)."""
+
+    model: str = Field(description="judge chat checkpoint: hub id or path (e.g. Qwen/Qwen2.5-72B-Instruct)")
+    view: Literal["answer", "full"] = "answer"
+    max_response_chars: int | None = None
+    max_new_tokens: int = Field(1024, ge=16, description="room for the judge's reasoning before #scores")
+    num_gpus: float | None = None
     max_model_len: int = 8192
     vllm_kwargs: dict[str, Any] = Field(default_factory=dict)
 
@@ -99,6 +112,7 @@ class Suite(Section):
     data_root: str | None = Field(None, description="base of relative `data` paths; relative to the suite file")
     generation: Generation = Field(default_factory=Generation)
     guard: Guard | None = None
+    strongreject_judge: RubricJudge | None = None
     benchmarks: list[Benchmark]
 
     @model_validator(mode="after")
@@ -108,6 +122,8 @@ class Suite(Section):
             raise ValueError(f"benchmark names repeat: {names}")
         if self.guard is None and any(GUARD in b.scorers for b in self.benchmarks):
             raise ValueError("a benchmark uses the 'guard' scorer but the suite has no guard section")
+        if self.strongreject_judge is None and any(STRONGREJECT in b.scorers for b in self.benchmarks):
+            raise ValueError("a benchmark uses the 'strongreject' scorer but the suite has no strongreject_judge section")
         return self
 
 

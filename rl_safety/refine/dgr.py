@@ -8,11 +8,10 @@ the refinement prompt it was generated from (`user_turn`), the source row, the m
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from rl_safety.config.refine import DGRConfig
-from rl_safety.refine.generate import Request, generate_dataset
+from rl_safety.refine.generate import Request, run_generation
 
 
 def refinement_requests(cfg: DGRConfig):
@@ -29,25 +28,16 @@ def refinement_requests(cfg: DGRConfig):
 
 
 def run_dgr(cfg: DGRConfig) -> tuple[Path, dict]:
-    from rl_safety.config.loader import dump_config
-
-    Path(cfg.output.path).parent.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, f"{cfg.output.path}.config.yaml")
-    return generate_dataset(refinement_requests(cfg), model=cfg.model, generation=cfg.generation, output=cfg.output,
-                            cluster=cfg.cluster,
-                            require_label_behaviour=cfg.dgr.require_label_behaviour, method="dgr")
+    return run_generation(cfg, refinement_requests(cfg), require_label_behaviour=cfg.dgr.require_label_behaviour,
+                          method="dgr")
 
 
 def main(argv: list[str]) -> int:
-    from rl_safety.config.loader import ConfigError, config_from_command_line
+    from rl_safety.config.loader import config_from_command_line
 
     cfg, _ = config_from_command_line(DGRConfig, argv, "rl-safety dgr", __doc__.split("\n\n")[0],
                                       config_help="YAML config (see configs/dgr_*.yaml)")
-    try:
-        _check_template(cfg.dgr.refinement_prompt)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    _check_template(cfg.dgr.refinement_prompt)
     path, stats = run_dgr(cfg)
     print(f"done: {stats.get('kept', 0)} rows in {path} (filter counts in {path}.stats.json)")
     return 0

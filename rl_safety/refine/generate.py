@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rl_safety.config.grpo import ClusterSection
-from rl_safety.config.refine import GenerationSection, OutputSection
+from rl_safety.config.refine import GenerationConfig, GenerationSection, OutputSection
 from rl_safety.config.sft import SFTModelSection
 from rl_safety.data import chat
 from rl_safety.data.safety import SafetyExample, split_thought, write_examples
@@ -65,17 +65,41 @@ def _decode(tokenizer, token_ids: list[int]) -> str:
     return tokenizer.decode(token_ids, skip_special_tokens=False)
 
 
+def run_generation(cfg: GenerationConfig, requests: list[Request], *, require_label_behaviour: bool,
+                   method: str) -> tuple[Path, dict[str, Any]]:
+    """`generate_dataset` with `cfg`'s sections, the resolved config written beside the output
+    (PATH.config.yaml)."""
+    from rl_safety.config.loader import dump_config
+
+    Path(cfg.output.path).parent.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, f"{cfg.output.path}.config.yaml")
+    return generate_dataset(requests, model=cfg.model, generation=cfg.generation, output=cfg.output,
+                            cluster=cfg.cluster, require_label_behaviour=require_label_behaviour, method=method)
+
+
+def data_cost_path(dataset_path: str | Path) -> Path:
+    """Where the cost of generating a dataset is kept: beside it, `DATA.cost.json`. An SFT run
+    on that file copies it into its run directory as `cost_data.json`, so `rl-safety compare`
+    charges DGR / ThinkSafe SFT with the generation that made their data."""
+    return Path(f"{dataset_path}.cost.json")
+
+
 def generate_dataset(requests: list[Request], *, model: SFTModelSection, generation: GenerationSection,
                      output: OutputSection, cluster: ClusterSection, require_label_behaviour: bool,
                      method: str) -> tuple[Path, dict[str, Any]]:
-    """Sample, filter and write. Output rows: prompt (the *source* prompt), reasoning, answer,
-    label, source, plus provenance: method, source_row, model, seed (of the sample's prompt),
-    sample (its index among the k), and the request's own `provenance` fields."""
+    """Sample, filter and write; the cost ledger goes to `data_cost_path(output.path)`. Output rows:
+    prompt (the *source* prompt), reasoning, answer, label, source, plus provenance: method,
+    source_row, model, seed (of the sample's prompt), sample (its index among the k), and the
+    request's own `provenance` fields."""
     import ray
     from transformers import AutoTokenizer
 
-    from rl_safety.rollout.vllm_engine import RolloutEngine
+    from rl_safety.ledger import CostLedger
+    from rl_safety.rollout.vllm_engine import RolloutEngine, check_context_length
 
+    max_model_len = generation.max_model_len or generation.max_prompt_tokens + generation.max_new_tokens
+    check_context_length(model.path, max_model_len, "generation.max_model_len" if generation.max_model_len else
+                         "generation.max_prompt_tokens + generation.max_new_tokens", model.trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(model.path, trust_remote_code=model.trust_remote_code)
     family = chat.resolve_family(tokenizer, model.family)
     top_k = family.top_k if generation.top_k is None else generation.top_k
@@ -99,9 +123,11 @@ def generate_dataset(requests: list[Request], *, model: SFTModelSection, generat
                      num_cpus=cluster.num_cpus or max(os.cpu_count() or 1, generation.num_engines + 1))
     gpus = ray.cluster_resources().get("GPU", 0)
     use_gpu = gpus > 0 if cluster.device == "auto" else cluster.device == "gpu"
-    engine_cls = ray.remote(RolloutEngine)
-    max_model_len = generation.max_model_len or generation.max_prompt_tokens + generation.max_new_tokens
     tp = generation.tensor_parallel_size
+    ledger = CostLedger(Path(output.path).parent, method, model_path=model.path,
+                        filename=data_cost_path(output.path).name)
+    ledger.set_devices("gpu" if use_gpu else "cpu", generation.num_engines * (tp if use_gpu else 1))
+    engine_cls = ray.remote(RolloutEngine)
     engines = [
         engine_cls.options(num_cpus=1, num_gpus=(1 if use_gpu and tp == 1 else 0)).remote(
             model.path, dtype=model.dtype, seed=output.seed + i, tensor_parallel_size=tp,
@@ -110,17 +136,24 @@ def generate_dataset(requests: list[Request], *, model: SFTModelSection, generat
             sleep_mode=False, trust_remote_code=model.trust_remote_code)
         for i in range(generation.num_engines)
     ]
+    completed = False
     try:
-        shards = [list(range(i, len(ids), len(engines))) for i in range(len(engines))]
-        futures = [engine.generate.remote(
-            [ids[j] for j in shard], generation.samples_per_prompt, temperature=generation.temperature,
-            top_p=generation.top_p, top_k=top_k, max_new_tokens=generation.max_new_tokens,
-            seeds=[seeds[j] for j in shard]) for engine, shard in zip(engines, shards) if shard]
-        completions: list[Any] = [None] * len(ids)
-        for shard, result in zip([s for s in shards if s], ray.get(futures)):
-            for j, samples in zip(shard, result):
-                completions[j] = samples
+        with ledger.phase("generation"):
+            shards = [list(range(i, len(ids), len(engines))) for i in range(len(engines))]
+            futures = [engine.generate.remote(
+                [ids[j] for j in shard], generation.samples_per_prompt, temperature=generation.temperature,
+                top_p=generation.top_p, top_k=top_k, max_new_tokens=generation.max_new_tokens,
+                seeds=[seeds[j] for j in shard]) for engine, shard in zip(engines, shards) if shard]
+            completions: list[Any] = [None] * len(ids)
+            for shard, result in zip([s for s in shards if s], ray.get(futures)):
+                for j, samples in zip(shard, result):
+                    completions[j] = samples
+        # prompt tokens once per prompt: the k samples share the prefill (as GRPO and eval count)
+        ledger.add_tokens(generated=sum(len(c.token_ids) for samples in completions for c in samples),
+                          prefilled=sum(len(t) for t in ids))
+        completed = True
     finally:
+        ledger.finish({f"rollout-{i}": e for i, e in enumerate(engines)}, complete=completed)
         for engine in engines:
             ray.kill(engine)
 

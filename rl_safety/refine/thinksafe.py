@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rl_safety.config.refine import ThinkSafeConfig
-from rl_safety.refine.generate import Request, generate_dataset
+from rl_safety.refine.generate import Request, run_generation
 
 
 def steer(steering_text: str, prompt: str) -> str:
@@ -32,13 +32,8 @@ def steered_requests(cfg: ThinkSafeConfig) -> list[Request]:
 
 
 def run_thinksafe(cfg: ThinkSafeConfig) -> tuple[Path, dict]:
-    from rl_safety.config.loader import dump_config
-
-    Path(cfg.output.path).parent.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, f"{cfg.output.path}.config.yaml")
-    return generate_dataset(steered_requests(cfg), model=cfg.model, generation=cfg.generation, output=cfg.output,
-                            cluster=cfg.cluster,
-                            require_label_behaviour=cfg.thinksafe.require_label_behaviour, method="thinksafe")
+    return run_generation(cfg, steered_requests(cfg), require_label_behaviour=cfg.thinksafe.require_label_behaviour,
+                          method="thinksafe")
 
 
 def main(argv: list[str]) -> int:

@@ -21,6 +21,23 @@ class Completion:
     truncated: bool  # stopped by max_new_tokens rather than by EOS / a stop string
 
 
+def check_context_length(model_path: str, max_model_len: int, keys: str, trust_remote_code: bool = False) -> None:
+    """Fail before any engine starts when the prompt + response budget exceeds the model's
+    context: vLLM refuses it too, but only inside the engine actor, after Ray and the actor
+    have started. Models with RoPE scaling are left to vLLM, which derives their longer limit."""
+    from transformers import AutoConfig
+
+    from rl_safety.config.loader import ConfigError
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    limit = getattr(config, "max_position_embeddings", None)
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    scaled = rope.get("rope_type", rope.get("type", "default")) != "default"
+    if limit is not None and not scaled and max_model_len > limit:
+        raise ConfigError(f"{keys} = {max_model_len} tokens, more than the context of {model_path} "
+                          f"(max_position_embeddings={limit}): lower them")
+
+
 class RolloutEngine:
     def __init__(self, model_path: str, *, dtype: str, seed: int, tensor_parallel_size: int,
                  max_model_len: int, use_gpu: bool, gpu_memory_utilization: float,

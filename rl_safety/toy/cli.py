@@ -3,6 +3,9 @@
     toy build [--force] [--no-eval] [key=value ...]   e.g. steps=300 world.harmful_refusal_rate=0.2
     toy eval --model PATH [--seed N] [--n-math N] [--n-sampled N] [--out FILE.json]
     toy run [--output-dir DIR] [key=value ...]        the GRPO arm end to end (GRPO config overrides)
+    toy table [--output-dir DIR] [--arms A,B] [CONFIG.key=value ...]
+                                                      all four arms, evaluated and compared
+                                                      (CONFIG: sft, dgr, thinksafe, grpo)
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
+
+from rl_safety.toy.table import ARMS
 
 
 def _overrides(pairs: list[str]) -> dict[str, str]:
@@ -67,8 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="GRPO on the base toy model, then held-out metrics of base vs GRPO")
     run.add_argument("--output-dir", type=Path, default=Path("runs/toy"), help="where the run goes")
     run.add_argument("overrides", nargs="*", help="configs/toy/grpo.yaml overrides, e.g. run.total_steps=10")
+    table = sub.add_parser("table", help="vanilla SFT, DGR-SFT, ThinkSafe-SFT and GRPO on the base toy model: "
+                                         "evaluation, safety-tax table and plots")
+    table.add_argument("--output-dir", type=Path, default=Path("runs/toy_table"), help="where the runs go")
+    table.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
+    table.add_argument("overrides", nargs="*", help="CONFIG.key=value, CONFIG one of sft, dgr, thinksafe, grpo "
+                                                    "(configs/toy/CONFIG.yaml), e.g. grpo.run.total_steps=10")
     args = parser.parse_args(argv)
 
+    if args.command == "table":
+        from rl_safety.toy.table import run_table
+
+        _, failed = run_table(args.output_dir, args.overrides, tuple(a for a in args.arms.split(",") if a))
+        return 1 if failed else 0
     if args.command == "run":
         from rl_safety.toy.grpo_arm import run_grpo_arm
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
+from rl_safety.config.loader import ConfigError, config_differences
+from rl_safety.runs import RunDirectory
 from rl_safety.toy.world import read_jsonl, write_jsonl
 
 GRPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "toy" / "grpo.yaml"
@@ -27,24 +30,56 @@ def balanced_prompts(train_file: Path, out: Path, seed: int = 0) -> Path:
     return write_jsonl(out, mix)
 
 
+def finished_with_same_config(cfg, config_file: Path, result: Path) -> bool:
+    """Whether `result` (a run's final/, a generated dataset) exists and was made with `cfg`, as
+    recorded in `config_file`; a result made with another config is an error, never reused or
+    overwritten in silence."""
+    if not result.exists():
+        return False
+    differences = config_differences(cfg, config_file) if config_file.exists() else ["(no recorded config)"]
+    if differences:
+        raise ConfigError(f"{result} was made with another config (differs in {', '.join(differences[:8])}); "
+                          "pass another --output-dir, or remove it to redo it")
+    print(f"{result} exists (same config): reused", flush=True)
+    return True
+
+
+def train_grpo_arm(base: Path, output_dir: Path, overrides: list[str], seed: int = 0) -> Path:
+    """GRPO (configs/toy/grpo.yaml + `overrides`) from the base model on its balanced prompt mix;
+    returns the run's `final/`. A finished run is reused; one with a complete checkpoint but no
+    `final/` is resumed."""
+    from rl_safety.config import GRPOConfig, load_config
+    from rl_safety.trainers.grpo import run_grpo
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    prompts = balanced_prompts(base / "data" / "grpo_train.jsonl", output_dir / "grpo_mix.jsonl", seed)
+    cfg = load_config(GRPOConfig, GRPO_CONFIG, [
+        f"model.path={base}", f"data.train={prompts}", f"run.output_dir={output_dir}", *overrides,
+    ])
+    run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    if finished_with_same_config(cfg, run_dir / "config.yaml", run_dir / "final"):
+        return run_dir / "final"
+    resume = RunDirectory(run_dir).latest_checkpoint() is not None
+    if resume:
+        finished_with_same_config(cfg, run_dir / "config.yaml", run_dir / "checkpoints")
+    if not resume and run_dir.exists():  # a crash before the first checkpoint: keep it aside, start afresh
+        aside = run_dir.with_name(f"{run_dir.name}.failed-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(aside)
+        print(f"GRPO arm: {run_dir} had no complete checkpoint; moved to {aside}", flush=True)
+    print(f"batch plan: {cfg.batch_plan()}" + (" (resuming)" if resume else ""), flush=True)
+    return run_grpo(cfg, source=str(GRPO_CONFIG), resume=resume)
+
+
 def run_grpo_arm(overrides: list[str], output_dir: Path, n_math: int = 200) -> dict[str, dict[str, float]]:
     """Build (or reuse) the base model, run GRPO on it, evaluate base and trained policy on the
     held-out prompts; returns {"base": metrics, "grpo": metrics} and writes them to
     `output_dir/toy_grpo_table.json`."""
-    from rl_safety.config import GRPOConfig, load_config
     from rl_safety.toy.evaluate import evaluate_model, format_table
     from rl_safety.toy.model import BuildConfig, build_base_model
-    from rl_safety.trainers.grpo import run_grpo
 
     build = BuildConfig()
     base = build_base_model(build, log=lambda msg: print(msg, flush=True))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    prompts = balanced_prompts(base / "data" / "grpo_train.jsonl", output_dir / "grpo_mix.jsonl", build.seed)
-    cfg = load_config(GRPOConfig, GRPO_CONFIG, [
-        f"model.path={base}", f"data.train={prompts}", f"run.output_dir={output_dir}", *overrides,
-    ])
-    print(f"batch plan: {cfg.batch_plan()}", flush=True)
-    final = run_grpo(cfg, source=str(GRPO_CONFIG))
+    final = train_grpo_arm(base, output_dir, overrides, build.seed)
 
     results = {}
     for name, model in (("base", base), ("grpo", final)):

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ import torch
 
 from rl_safety.config.sft import SFTConfig
 from rl_safety.data import chat
+from rl_safety.ledger import CostLedger
+from rl_safety.refine.generate import data_cost_path
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +177,8 @@ class SFTRank:
 
     def train(self, encoded: list[tuple[list[int], list[int]]], run_dir: str) -> dict[str, float]:
         """Epochs over `encoded` in a seeded order per epoch; each optimizer step takes
-        micro x accumulation x ranks rows, rank r the r-th block. Returns the last step's stats."""
+        micro x accumulation x ranks rows, rank r the r-th block. Returns the last step's stats and
+        `rank_input_tokens`, the tokens this rank trained on over the whole run."""
         import torch.distributed as dist
 
         cfg, t = self.cfg, self.cfg.training
@@ -189,7 +193,7 @@ class SFTRank:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         metrics = Path(run_dir) / "metrics.jsonl"
         stats: dict[str, float] = {}
-        step = 0
+        step, input_tokens = 0, 0
         engine.train()
         for epoch in range(t.epochs):
             order = (np.random.default_rng([cfg.run.seed, epoch]).permutation(len(rows)) if t.shuffle
@@ -200,6 +204,8 @@ class SFTRank:
                 started = time.time()
                 mine = order[s * per_step:(s + 1) * per_step][self.rank * micro * accum:(self.rank + 1) * micro * accum]
                 batches = [collate([rows[i] for i in mine[m * micro:(m + 1) * micro]], pad) for m in range(accum)]
+                # the cost ledger's tokens trained: every real (non-padding) token of the step
+                input_tokens += sum(len(ids) for i in mine for ids, _ in rows[i])
                 count = torch.tensor([float(sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches))])
                 dist.all_reduce(count)  # tokens with loss in the whole optimizer step
                 loss_sum = 0.0
@@ -222,7 +228,7 @@ class SFTRank:
                     with metrics.open("a") as f:
                         f.write(json.dumps(stats) + "\n")
         self._export(engine, Path(run_dir) / "final")
-        return stats
+        return {**stats, "rank_input_tokens": input_tokens}
 
     def _export(self, engine, directory: Path) -> None:
         """Rank 0 writes a plain Hugging Face checkpoint (LoRA merged into the weights), the
@@ -256,6 +262,10 @@ def run_sft(cfg: SFTConfig, source: str = "<config>") -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    ledger = CostLedger(run_dir, "sft", model_path=cfg.model.path)
+    data_cost = data_cost_path(cfg.data.train)
+    if data_cost.exists():  # DGR / ThinkSafe made this data: their generation is part of the method's cost
+        shutil.copyfile(data_cost, run_dir / "cost_data.json")
 
     examples, report = load_safety_dataset(cfg.data.dataset, cfg.data.train, split=cfg.data.split,
                                            on_bad_row=cfg.data.on_bad_row, columns=cfg.data.columns,
@@ -282,7 +292,8 @@ def run_sft(cfg: SFTConfig, source: str = "<config>") -> Path:
     bundle = {"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1}
     group = placement_group([dict(bundle)] * cfg.learner.num_ranks, strategy=cfg.cluster.placement_strategy)
     ray.get(group.ready(), timeout=600)
-    ranks = []
+    ledger.set_devices(kind.lower(), cfg.learner.num_ranks)
+    ranks, completed = [], False
     try:
         address, port, _ = cluster.node_address_in(group, 0)
         rank_cls = ray.remote(SFTRank)
@@ -290,9 +301,13 @@ def run_sft(cfg: SFTConfig, source: str = "<config>") -> Path:
         ranks = [rank_cls.options(**cluster.in_bundle(group, r, 1.0, use_gpu)).remote(cfg, r, n, address, port, use_gpu)
                  for r in range(n)]
         encoded_ref = ray.put(encoded)
-        stats = ray.get([h.train.remote(encoded_ref, str(run_dir)) for h in ranks])[0]
-        log.info("sft done: %s", stats)
+        with ledger.phase("train"):
+            results = ray.get([h.train.remote(encoded_ref, str(run_dir)) for h in ranks])
+        ledger.add_tokens(trained=sum(r["rank_input_tokens"] for r in results))
+        completed = True
+        log.info("sft done: %s", results[0])
     finally:
+        ledger.finish({f"rank-{r}": h for r, h in enumerate(ranks)}, complete=completed)
         for handle in ranks:
             ray.kill(handle)
         remove_placement_group(group)

@@ -17,14 +17,18 @@ def metric(value, low, high):
 
 
 def write_run(root: Path, name: str, refusal: float, compliance: float, accuracies: list[float],
-              command: str | None = None, hours: float = 0.0, data_hours: float = 0.0) -> Path:
+              command: str | None = None, hours: float = 0.0, data_hours: float = 0.0,
+              benign_refusal: float | None = None) -> Path:
+    """`benign_refusal` defaults to 1 - compliance (every benign response answered or refused)."""
+    over = 1 - compliance if benign_refusal is None else benign_refusal
     run = root / name
     (run / "eval" / "s").mkdir(parents=True)
     benchmarks = {
         "harm": {"kind": "harmful", "prompts": 10, "sampling": {"n": 1},
                  "metrics": {"refusal_rate": metric(refusal, refusal - 0.1, refusal + 0.05)}},
         "safe": {"kind": "benign", "prompts": 10, "sampling": {"n": 1},
-                 "metrics": {"compliance_rate": metric(compliance, compliance - 0.2, compliance + 0.1)}},
+                 "metrics": {"compliance_rate": metric(compliance, compliance - 0.2, compliance + 0.1),
+                             "refusal_rate": metric(over, over - 0.1, over + 0.2)}},
     }
     for i, acc in enumerate(accuracies):
         benchmarks[f"math{i}"] = {"kind": "reasoning", "prompts": 10, "sampling": {"n": 4},
@@ -43,7 +47,8 @@ def write_run(root: Path, name: str, refusal: float, compliance: float, accuraci
 
 def test_aggregates_tax_and_stage_costs(tmp_path):
     base = write_run(tmp_path, "base", 0.3, 0.9, [0.6, 0.4])
-    dgr = write_run(tmp_path, "dgr", 0.9, 0.7, [0.5, 0.3], command="sft", hours=2.0, data_hours=3.0)
+    dgr = write_run(tmp_path, "dgr", 0.9, 0.6, [0.5, 0.3], command="sft", hours=2.0, data_hours=3.0,
+                    benign_refusal=0.3)  # 10% of benign responses neither answer nor refuse
     grpo = write_run(tmp_path, "grpo", 0.95, 0.8, [0.6, 0.38], command="grpo", hours=10.0)
     out = tmp_path / "report"
     compare([base, dgr, grpo], out)
@@ -55,16 +60,19 @@ def test_aggregates_tax_and_stage_costs(tmp_path):
     assert numbers["grpo"]["reasoning"]["value"] == pytest.approx(0.49)
     # two reasoning benchmarks: margins combined as independent errors
     assert numbers["grpo"]["reasoning"]["ci_low"] == pytest.approx(0.49 - (2 * 0.03**2) ** 0.5 / 2)
-    # over-refusal = 1 - compliance, interval flipped
+    # over-refusal is the benign refusal rate, not 1 - compliance (a broken answer is no refusal)
     assert numbers["dgr"]["over_refusal"] == {"value": pytest.approx(0.3), "ci_low": pytest.approx(0.2),
                                               "ci_high": pytest.approx(0.5)}
+    assert numbers["dgr"]["benign_compliance"]["value"] == pytest.approx(0.6)
     md = (out / "comparison.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| dgr |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[6] == "-10.0"   # safety tax: reasoning 40 vs the base's 50
-    assert cells[7] == "+20.0"   # over-refusal 30 vs 10
-    assert cells[8] == "+60.0"   # safety 90 vs 30
-    assert cells[9] == "5"       # device-hours, both stages
+    assert cells[4] == "–"               # no StrongREJECT judge in these runs
+    assert cells[6].startswith("60.0")  # benign answered
+    assert cells[8] == "-10.0"   # safety tax: reasoning 40 vs the base's 50
+    assert cells[9] == "+20.0"   # over-refusal 30 vs 10
+    assert cells[10] == "+60.0"  # safety 90 vs 30
+    assert cells[11] == "5"      # device-hours, both stages
 
 
 def test_pareto_front():

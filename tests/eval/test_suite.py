@@ -66,11 +66,13 @@ def test_bad_benchmark_configs(tmp_path, change, message):
         load_config(Suite, path)
 
 
-def test_guard_scorer_needs_a_guard_section(tmp_path):
+@pytest.mark.parametrize("scorer, message", [("guard", "no guard section"),
+                                             ("strongreject", "no strongreject_judge section")])
+def test_judge_scorers_need_their_judge_section(tmp_path, scorer, message):
     path = tmp_path / "suite.yaml"
     path.write_text(json.dumps({"name": "s", "benchmarks": [
-        {"name": "b", "kind": "harmful", "data": "b.jsonl", "fields": {"prompt": "q"}, "scorers": ["guard"]}]}))
-    with pytest.raises(ConfigError, match="no guard section"):
+        {"name": "b", "kind": "harmful", "data": "b.jsonl", "fields": {"prompt": "q"}, "scorers": [scorer]}]}))
+    with pytest.raises(ConfigError, match=message):
         load_config(Suite, path)
 
 

@@ -77,6 +77,29 @@ def test_sft_learns_and_exports_a_checkpoint(tmp_path, tiny_models, sft_data, ov
     diff = sum(float((a - b).abs().sum().detach()) for a, b in zip(trained.parameters(), base.parameters()))
     assert diff > 0
 
+    # The cost ledger counts the tokens the ranks actually trained on. Reference: every example's
+    # rendered length, once per epoch (16 examples fill whole steps unpacked; packed, the rows
+    # that do not fill a last step are left out of the epoch, so at most that many).
+    from transformers import AutoTokenizer
+
+    from rl_safety.data import chat
+    from rl_safety.data.safety import load_safety_dataset
+
+    cost = json.loads((run_dir / "cost.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["tied"])
+    examples, _ = load_safety_dataset("schema", str(sft_data))
+    lengths = [len(chat.tokenize_example(tokenizer, e.prompt, e.reasoning, e.answer, family="auto",
+                                         system_prompt=None)[0]) for e in examples]
+    epochs = overrides.get("training.epochs", 3)
+    if overrides.get("training.packing"):
+        assert 0 < cost["tokens"]["trained"] <= epochs * sum(lengths)
+    else:
+        assert cost["tokens"]["trained"] == epochs * sum(lengths)
+    assert cost["command"] == "sft" and cost["complete"] and cost["devices"]["count"] == 2
+    assert cost["parameters"] == sum(p.numel() for p in base.parameters())
+    assert set(cost["peak_memory_gb"]) == {"driver", "rank-0", "rank-1"}
+    assert cost["phase_time_s"]["train"] > 0 and not (run_dir / "cost_data.json").exists()
+
 
 def test_sft_checkpoint_starts_a_grpo_run(tmp_path, tiny_models, sft_data, prompt_file):
     from tests.integration.test_grpo_trainer import read_metrics, run

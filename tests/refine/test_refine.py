@@ -182,3 +182,64 @@ def test_thinksafe_keeps_steered_refusals_without_the_steering_text(tmp_path, st
 
     examples, report = load_safety_dataset("schema", str(tmp_path / "out" / "data.jsonl"))
     assert len(examples) == len(out) and not report.bad
+
+    # The generation's cost ledger counts the tokens vLLM produced. Every sample was kept, so the
+    # reference is the kept responses re-encoded (thought tags, answer, EOS) with the char
+    # tokenizer, and each rendered prompt once (its k samples share the prefill).
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from rl_safety.data import chat
+    from rl_safety.refine.thinksafe import steer
+
+    stats = json.loads((tmp_path / "out" / "data.jsonl.stats.json").read_text())
+    assert stats["kept"] == len(out) == 2 * len(rows), stats
+    chars = PreTrainedTokenizerFast.from_pretrained(steerable_model)
+    generated = sum(len(chars(f"<think>\n{r['reasoning']}\n</think>\n\n{r['answer']}",
+                              add_special_tokens=False)["input_ids"]) + 1 for r in out)
+    auto = AutoTokenizer.from_pretrained(steerable_model)
+    prefilled = sum(len(chat.prompt_token_ids(auto, steer(STEERING_TEXT, r["prompt"]) if r["label"] == "harmful"
+                                              else r["prompt"])) for r in rows)
+    data_cost = json.loads((tmp_path / "out" / "data.jsonl.cost.json").read_text())
+    assert data_cost["tokens"] == {"generated": generated, "prefilled": prefilled, "trained": 0, "forward_only": 0}
+    assert data_cost["command"] == "thinksafe" and data_cost["complete"]
+    assert data_cost["phase_time_s"]["generation"] > 0 and "rollout-0" in data_cost["peak_memory_gb"]
+
+    # SFT on that data carries the generation's cost into its run: `compare` charges the method with both.
+    from rl_safety.config import SFTConfig, load_config
+    from rl_safety.eval.compare import training_cost
+    from rl_safety.trainers.sft import run_sft
+
+    sft_yaml = tmp_path / "sft.yaml"
+    sft_yaml.write_text(yaml.safe_dump({
+        "model": {"path": str(steerable_model), "dtype": "float32"},
+        "data": {"train": str(tmp_path / "out" / "data.jsonl"), "max_tokens": 320},
+        "learner": {"num_ranks": 1, "zero_stage": 0, "micro_batch_size": 2},
+        "training": {"epochs": 1}, "run": {"output_dir": str(tmp_path / "runs"), "name": "thinksafe-sft"}}))
+    run_sft(load_config(SFTConfig, sft_yaml), str(sft_yaml))
+    run_dir = tmp_path / "runs" / "thinksafe-sft"
+    assert json.loads((run_dir / "cost_data.json").read_text()) == data_cost
+    sft_cost = json.loads((run_dir / "cost.json").read_text())
+    total = training_cost(run_dir)
+    assert total["stages"] == ["sft", "thinksafe"]
+    assert total["tokens"]["generated"] == generated and total["tokens"]["trained"] == sft_cost["tokens"]["trained"] > 0
+    assert total["wall_time_s"] == pytest.approx(sft_cost["wall_time_s"] + data_cost["wall_time_s"])
+
+
+def test_bad_refinement_template_and_context_overflow_fail_before_any_engine(tmp_path, tiny_models, capsys):
+    import ray
+
+    from rl_safety.cli import main
+
+    data = tmp_path / "foreign.jsonl"
+    data.write_text(json.dumps({"prompt": HARMFUL[0], **FOREIGN, "label": "harmful"}) + "\n")
+    config = _config(tmp_path, tiny_models["tied"], data, {"dgr": {"refinement_prompt": "Rewrite {trace}"}})
+    assert main(["dgr", "--config", str(config)]) == 2
+    assert "dgr.refinement_prompt: only {prompt}, {reasoning} and {answer}" in capsys.readouterr().err
+
+    # 320 prompt + 800 new tokens do not fit the tiny model's 1024 positions: said before Ray starts
+    config = _config(tmp_path, tiny_models["tied"], data, {})
+    assert main(["thinksafe", "--config", str(config), "generation.max_new_tokens=800"]) == 2
+    err = capsys.readouterr().err
+    assert "generation.max_prompt_tokens + generation.max_new_tokens = 1120 tokens" in err
+    assert "max_position_embeddings=1024" in err
+    assert not ray.is_initialized() and not (tmp_path / "out" / "data.jsonl").exists()

