@@ -149,6 +149,9 @@ class GuardServer:
         return [out.outputs[0].text for out in self.llm.chat(conversations, params, use_tqdm=False)]
 
 
+_SERVERS: dict[tuple[str, str], Any] = {}  # (actor name, Ray session's node id) -> judge actor handle
+
+
 def judge_outputs(judge_prompts: list, max_tokens: int, *, model: str, num_gpus: float | None,
                   num_cpus: float, max_model_len: int, vllm_kwargs: dict[str, Any], chat: bool = False) -> list[str]:
     """The judge's raw outputs for already-formatted prompts (with `chat`, conversations: lists of
@@ -164,9 +167,14 @@ def judge_outputs(judge_prompts: list, max_tokens: int, *, model: str, num_gpus:
         num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     key = json.dumps([model, num_gpus, max_model_len, vllm_kwargs], sort_keys=True, default=str)
     name = f"rewards_guard_judge_{hashlib.sha1(key.encode()).hexdigest()[:12]}"
-    server = ray.remote(GuardServer).options(
-        name=name, namespace="rewards", get_if_exists=True, num_gpus=num_gpus, num_cpus=num_cpus,
-    ).remote(model, max_model_len=max_model_len, **vllm_kwargs)
+    # A named actor dies with the last handle of the process that made it: keep the handle for
+    # this Ray session, or the engine is torn down (and rebuilt) between calls, racing callers.
+    session = (name, ray.get_runtime_context().get_node_id())
+    server = _SERVERS.get(session)
+    if server is None:
+        server = _SERVERS[session] = ray.remote(GuardServer).options(
+            name=name, namespace="rewards", get_if_exists=True, num_gpus=num_gpus, num_cpus=num_cpus,
+        ).remote(model, max_model_len=max_model_len, **vllm_kwargs)
     method = server.chat if chat else server.generate
     return ray.get(method.remote(judge_prompts, max_tokens))
 

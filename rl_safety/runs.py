@@ -13,10 +13,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
+import time
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 _PARTIAL = ".partial"
 
@@ -142,3 +146,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def resume_or_set_aside(root: str | Path) -> bool:
+    """For a command that reruns a step on its own (`rl-safety toy table`): whether the unfinished
+    run at `root` can be resumed (it has a complete checkpoint). One without a checkpoint is
+    renamed ROOT.failed-TIMESTAMP (kept, not deleted) and the step starts afresh."""
+    root = Path(root)
+    if RunDirectory(root).latest_checkpoint() is not None:
+        return True
+    if root.exists():
+        aside = root.with_name(f"{root.name}.failed-{time.strftime('%Y%m%d-%H%M%S')}")
+        root.rename(aside)
+        log.warning("%s had no complete checkpoint; moved to %s, starting afresh", root, aside)
+    return False

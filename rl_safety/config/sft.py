@@ -47,6 +47,8 @@ class SFTRunSection(Section):
     name: str = "sft"
     seed: int = 0
     log_every: int = Field(1, ge=1, description="optimizer steps between metrics.jsonl lines")
+    save_every: int = Field(0, ge=0, description="optimizer steps between checkpoints (0: none); `--resume` continues")
+    keep_checkpoints: int = Field(2, ge=1, description="complete checkpoints kept (older ones are removed)")
 
 
 class SFTConfig(Section):

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from pathlib import Path
 
 from rl_safety.config.loader import ConfigError, config_differences
-from rl_safety.runs import RunDirectory
+from rl_safety.runs import resume_or_set_aside
 from rl_safety.toy.world import read_jsonl, write_jsonl
 
 GRPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "toy" / "grpo.yaml"
@@ -59,13 +58,9 @@ def train_grpo_arm(base: Path, output_dir: Path, overrides: list[str], seed: int
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     if finished_with_same_config(cfg, run_dir / "config.yaml", run_dir / "final"):
         return run_dir / "final"
-    resume = RunDirectory(run_dir).latest_checkpoint() is not None
+    resume = resume_or_set_aside(run_dir)
     if resume:
         finished_with_same_config(cfg, run_dir / "config.yaml", run_dir / "checkpoints")
-    if not resume and run_dir.exists():  # a crash before the first checkpoint: keep it aside, start afresh
-        aside = run_dir.with_name(f"{run_dir.name}.failed-{time.strftime('%Y%m%d-%H%M%S')}")
-        run_dir.rename(aside)
-        print(f"GRPO arm: {run_dir} had no complete checkpoint; moved to {aside}", flush=True)
     print(f"batch plan: {cfg.batch_plan()}" + (" (resuming)" if resume else ""), flush=True)
     return run_grpo(cfg, source=str(GRPO_CONFIG), resume=resume)
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rl_safety.config.loader import ConfigError
+from rl_safety.runs import resume_or_set_aside
 from rl_safety.toy.grpo_arm import GRPO_CONFIG, finished_with_same_config, train_grpo_arm
 
 TOY_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "toy"
@@ -127,7 +128,10 @@ class ToyTable:
         method = arm.removesuffix("_sft")
         if method in self.generation:
             self.generate(method)
-        return run_sft(cfg, source=str(TOY_CONFIGS / "sft.yaml"))
+        resume = resume_or_set_aside(run_dir)
+        if resume:
+            finished_with_same_config(cfg, run_dir / "config.yaml", run_dir / "checkpoints")
+        return run_sft(cfg, source=str(TOY_CONFIGS / "sft.yaml"), resume=resume)
 
     def generate(self, method: str) -> Path:
         from rl_safety.refine.generate import data_cost_path

@@ -175,11 +175,16 @@ class SFTRank:
                                           lr_scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, factor))
         return engine
 
-    def train(self, encoded: list[tuple[list[int], list[int]]], run_dir: str) -> dict[str, float]:
-        """Epochs over `encoded` in a seeded order per epoch; each optimizer step takes
-        micro x accumulation x ranks rows, rank r the r-th block. Returns the last step's stats and
-        `rank_input_tokens`, the tokens this rank trained on over the whole run."""
+    def train(self, encoded: list[tuple[list[int], list[int]]], run_dir: str,
+              resume_from: str | None = None) -> dict[str, float]:
+        """Optimizer steps over `encoded` in a seeded order per epoch; each step takes
+        micro x accumulation x ranks rows, rank r the r-th block. With `resume_from` (a committed
+        checkpoint directory) the engine, optimizer and schedule are restored and training goes
+        on at the step after it. Returns the last step's stats and `rank_input_tokens`, the
+        tokens this rank trained on in this segment of the run."""
         import torch.distributed as dist
+
+        from rl_safety.runs import RunDirectory
 
         cfg, t = self.cfg, self.cfg.training
         micro, accum = cfg.learner.micro_batch_size, t.gradient_accumulation_steps
@@ -190,45 +195,68 @@ class SFTRank:
             raise ValueError(f"{len(rows)} training rows do not fill one optimizer step of {per_step} ({cfg.batch_plan()})")
         total = steps_per_epoch * t.epochs if t.max_steps is None else min(t.max_steps, steps_per_epoch * t.epochs)
         engine = self._engine(total)
+        run = RunDirectory(run_dir)
+        start = 0
+        if resume_from is not None:
+            path, _ = engine.load_checkpoint(resume_from, tag="deepspeed")
+            if path is None:
+                raise FileNotFoundError(f"no DeepSpeed checkpoint under {resume_from}")
+            start = json.loads((Path(resume_from) / "driver_state.json").read_text())["step"]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        metrics = Path(run_dir) / "metrics.jsonl"
         stats: dict[str, float] = {}
-        step, input_tokens = 0, 0
+        input_tokens = 0
         engine.train()
-        for epoch in range(t.epochs):
+        # One loop over global steps: step k is always (epoch k // steps_per_epoch, slot
+        # k % steps_per_epoch), so a resume lands on the right batch even at an epoch boundary.
+        for done in range(start, total):
+            epoch, slot = divmod(done, steps_per_epoch)
             order = (np.random.default_rng([cfg.run.seed, epoch]).permutation(len(rows)) if t.shuffle
                      else np.arange(len(rows)))
-            for s in range(steps_per_epoch):
-                if step >= total:
-                    break
-                started = time.time()
-                mine = order[s * per_step:(s + 1) * per_step][self.rank * micro * accum:(self.rank + 1) * micro * accum]
-                batches = [collate([rows[i] for i in mine[m * micro:(m + 1) * micro]], pad) for m in range(accum)]
-                # the cost ledger's tokens trained: every real (non-padding) token of the step
-                input_tokens += sum(len(ids) for i in mine for ids, _ in rows[i])
-                count = torch.tensor([float(sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches))])
-                dist.all_reduce(count)  # tokens with loss in the whole optimizer step
-                loss_sum = 0.0
-                for batch in batches:
-                    logits = engine(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
-                    nll, _ = token_nll(logits, batch["labels"])
-                    loss = nll / count.item()
-                    # DeepSpeed averages gradients over ranks and accumulation steps; the loss is
-                    # already this rank's share of the step's token mean, so undo both.
-                    engine.backward(loss * self.world_size, scale_wrt_gas=False)
-                    engine.step()
-                    loss_sum += nll.item()
-                total_nll = torch.tensor([loss_sum])
-                dist.all_reduce(total_nll)
-                step += 1
-                stats = {"step": step, "epoch": epoch, "loss": total_nll.item() / count.item(),
-                         "tokens": count.item(), "grad_norm": float(engine.get_global_grad_norm() or 0.0),
-                         "learning_rate": float(engine.get_lr()[0]), "step_time_s": time.time() - started}
-                if self.rank == 0 and (step % cfg.run.log_every == 0 or step == total):
-                    with metrics.open("a") as f:
-                        f.write(json.dumps(stats) + "\n")
+            started = time.time()
+            mine = order[slot * per_step:(slot + 1) * per_step][self.rank * micro * accum:(self.rank + 1) * micro * accum]
+            batches = [collate([rows[i] for i in mine[m * micro:(m + 1) * micro]], pad) for m in range(accum)]
+            # the cost ledger's tokens trained: every real (non-padding) token of the step
+            input_tokens += sum(len(ids) for i in mine for ids, _ in rows[i])
+            count = torch.tensor([float(sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches))])
+            dist.all_reduce(count)  # tokens with loss in the whole optimizer step
+            loss_sum = 0.0
+            for batch in batches:
+                logits = engine(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+                nll, _ = token_nll(logits, batch["labels"])
+                loss = nll / count.item()
+                # DeepSpeed averages gradients over ranks and accumulation steps; the loss is
+                # already this rank's share of the step's token mean, so undo both.
+                engine.backward(loss * self.world_size, scale_wrt_gas=False)
+                engine.step()
+                loss_sum += nll.item()
+            total_nll = torch.tensor([loss_sum])
+            dist.all_reduce(total_nll)
+            step = done + 1
+            stats = {"step": step, "epoch": epoch, "loss": total_nll.item() / count.item(),
+                     "tokens": count.item(), "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                     "learning_rate": float(engine.get_lr()[0]), "step_time_s": time.time() - started}
+            if self.rank == 0 and (step % cfg.run.log_every == 0 or step == total):
+                run.log_metrics(step, {k: v for k, v in stats.items() if k != "step"})
+            if cfg.run.save_every and step % cfg.run.save_every == 0:
+                self._checkpoint(engine, run, step)
         self._export(engine, Path(run_dir) / "final")
         return {**stats, "rank_input_tokens": input_tokens}
+
+    def _checkpoint(self, engine, run, step: int) -> None:
+        """Every rank writes its DeepSpeed shard into the partial directory; rank 0 commits it
+        once all have (the barrier), so a crash leaves no checkpoint that looks complete."""
+        import torch.distributed as dist
+
+        partial = run.checkpoints / f"step_{step}.partial"
+        if self.rank == 0:
+            run.checkpoints.mkdir(parents=True, exist_ok=True)
+            run.partial_checkpoint(step)
+        dist.barrier()
+        engine.save_checkpoint(str(partial), tag="deepspeed")
+        dist.barrier()
+        if self.rank == 0:
+            run.commit_checkpoint(step, {"step": step}, keep=self.cfg.run.keep_checkpoints)
+        dist.barrier()
 
     def _export(self, engine, directory: Path) -> None:
         """Rank 0 writes a plain Hugging Face checkpoint (LoRA merged into the weights), the
@@ -246,8 +274,9 @@ class SFTRank:
 
 
 # ---------------------------------------------------------------------------------- driver
-def run_sft(cfg: SFTConfig, source: str = "<config>") -> Path:
-    """Load and encode the data, start the ranks as Ray actors, train, return `final/`."""
+def run_sft(cfg: SFTConfig, source: str = "<config>", resume: bool = False) -> Path:
+    """Load and encode the data, start the ranks as Ray actors, train, return `final/`. With
+    `resume`, training goes on from the run's last complete checkpoint."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from transformers import AutoTokenizer
@@ -255,14 +284,26 @@ def run_sft(cfg: SFTConfig, source: str = "<config>") -> Path:
     from rl_safety.config.loader import dump_config
     from rl_safety.data.safety import load_safety_dataset
     from rl_safety.orchestration import cluster
+    from rl_safety.runs import RunDirectory
 
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    run = RunDirectory(run_dir)
     if (run_dir / "final").exists():
         raise FileExistsError(f"{run_dir / 'final'} exists: choose another run.name or remove it")
+    resume_from = None
+    if resume:
+        found = run.latest_checkpoint()
+        if found is None:
+            raise FileNotFoundError(f"--resume: no complete checkpoint under {run.checkpoints}")
+        resume_from, state = found
+        run.truncate_metrics(state["step"])  # steps after the checkpoint are redone
+        log.info("resuming from %s (after step %d)", resume_from, state["step"])
+    elif run.metrics_path.exists():
+        raise FileExistsError(f"run directory {run_dir} already holds a run: pass --resume to continue it "
+                              "(it needs run.save_every > 0), or set run.name / run.output_dir for a new one")
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    ledger = CostLedger(run_dir, "sft", model_path=cfg.model.path)
+    ledger = CostLedger(run_dir, "sft", model_path=cfg.model.path, resume=resume)
     data_cost = data_cost_path(cfg.data.train)
     if data_cost.exists():  # DGR / ThinkSafe made this data: their generation is part of the method's cost
         shutil.copyfile(data_cost, run_dir / "cost_data.json")
@@ -302,7 +343,8 @@ def run_sft(cfg: SFTConfig, source: str = "<config>") -> Path:
                  for r in range(n)]
         encoded_ref = ray.put(encoded)
         with ledger.phase("train"):
-            results = ray.get([h.train.remote(encoded_ref, str(run_dir)) for h in ranks])
+            results = ray.get([h.train.remote(encoded_ref, str(run_dir), resume_from and str(resume_from))
+                               for h in ranks])
         ledger.add_tokens(trained=sum(r["rank_input_tokens"] for r in results))
         completed = True
         log.info("sft done: %s", results[0])
@@ -317,9 +359,12 @@ def run_sft(cfg: SFTConfig, source: str = "<config>") -> Path:
 def main(argv: list[str]) -> int:
     from rl_safety.config.loader import config_from_command_line
 
-    cfg, args = config_from_command_line(SFTConfig, argv, "rl-safety sft", "SFT on safety traces (DeepSpeed, LoRA)",
-                                         config_help="YAML config (see configs/sft_*.yaml)")
+    cfg, args = config_from_command_line(
+        SFTConfig, argv, "rl-safety sft", "SFT on safety traces (DeepSpeed, LoRA)",
+        config_help="YAML config (see configs/sft_*.yaml)",
+        add_arguments=lambda p: p.add_argument("--resume", action="store_true",
+                                               help="continue from the run's last checkpoint (run.save_every)"))
     print(f"batch plan: {cfg.batch_plan()}")
-    final = run_sft(cfg, source=args.config)
+    final = run_sft(cfg, source=args.config, resume=args.resume)
     print(f"done: checkpoint in {final} (use it as model.path of rl-safety grpo)")
     return 0

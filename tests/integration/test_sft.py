@@ -33,7 +33,7 @@ def sft_data(tmp_path_factory) -> Path:
     return path
 
 
-def run_sft(tmp_path: Path, model: Path, data: Path, overrides: dict) -> tuple[Path, Path]:
+def run_sft(tmp_path: Path, model: Path, data: Path, overrides: dict, resume: bool = False) -> tuple[Path, Path]:
     from rl_safety.trainers.sft import run_sft as run
 
     config = {"model": {"path": str(model), "dtype": "float32"}, "data": {"train": str(data), "max_tokens": 128},
@@ -49,7 +49,7 @@ def run_sft(tmp_path: Path, model: Path, data: Path, overrides: dict) -> tuple[P
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "sft.yaml").write_text(yaml.safe_dump(config))
     cfg = load_config(SFTConfig, tmp_path / "sft.yaml")
-    final = run(cfg, str(tmp_path / "sft.yaml"))
+    final = run(cfg, str(tmp_path / "sft.yaml"), resume=resume)
     return Path(cfg.run.output_dir) / cfg.run.name, final
 
 
@@ -112,3 +112,37 @@ def test_sft_checkpoint_starts_a_grpo_run(tmp_path, tiny_models, sft_data, promp
     metrics = read_metrics(grpo_dir)
     assert metrics[0]["rollout_learner_logprob_diff"] < 1e-4
     assert (grpo_final / "config.json").exists()
+
+
+def test_resume_at_an_epoch_boundary_trains_the_remaining_epochs(tmp_path, tiny_models, sft_data):
+    """The trap anchors' users fell into: a resume at an epoch boundary that silently trains
+    nothing. A run cut after epoch 1 of 2 (its last checkpoint is exactly the boundary) and
+    resumed must end where an uninterrupted run ends: same step losses, same weights."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    common = {"training.epochs": 2, "learner.lr_schedule": "constant", "learner.warmup_steps": 0,
+              "run.save_every": 2, "learner.learning_rate": 1e-3}  # 2 steps per epoch: saves at each boundary
+    whole_dir, whole = run_sft(tmp_path / "whole", tiny_models["untied"], sft_data, common)
+    # the "crash": a run stopped by max_steps after epoch 1, its export removed as if never written
+    cut_dir, _ = run_sft(tmp_path / "cut", tiny_models["untied"], sft_data, {**common, "training.max_steps": 2})
+    shutil.rmtree(cut_dir / "final")
+    assert [p.name for p in sorted((cut_dir / "checkpoints").iterdir())] == ["step_2"]
+    with pytest.raises(FileExistsError, match="already holds a run: pass --resume"):
+        run_sft(tmp_path / "cut", tiny_models["untied"], sft_data, common)
+    resumed_dir, resumed = run_sft(tmp_path / "cut", tiny_models["untied"], sft_data, common, resume=True)
+
+    whole_metrics, resumed_metrics = _metrics(whole_dir), _metrics(resumed_dir)
+    assert [m["step"] for m in resumed_metrics] == [1, 2, 3, 4]  # steps 3 and 4 were trained, once each
+    for a, b in zip(whole_metrics, resumed_metrics):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a, b)
+    whole_w, resumed_w = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for name, tensor in whole_w.items():
+        torch.testing.assert_close(resumed_w[name], tensor, rtol=1e-5, atol=1e-6)
+    # and the resumed run really moved past the checkpoint
+    start = load_file(tiny_models["untied"] / "model.safetensors")
+    assert any(not torch.equal(resumed_w[n], start[n]) for n in start)
+    cost = json.loads((resumed_dir / "cost.json").read_text())
+    assert cost["segments"] == 2 and cost["complete"]

@@ -226,8 +226,6 @@ def test_thinksafe_keeps_steered_refusals_without_the_steering_text(tmp_path, st
 
 
 def test_bad_refinement_template_and_context_overflow_fail_before_any_engine(tmp_path, tiny_models, capsys):
-    import ray
-
     from rl_safety.cli import main
 
     data = tmp_path / "foreign.jsonl"
@@ -242,4 +240,5 @@ def test_bad_refinement_template_and_context_overflow_fail_before_any_engine(tmp
     err = capsys.readouterr().err
     assert "generation.max_prompt_tokens + generation.max_new_tokens = 1120 tokens" in err
     assert "max_position_embeddings=1024" in err
-    assert not ray.is_initialized() and not (tmp_path / "out" / "data.jsonl").exists()
+    # the generation's cost ledger starts with the engines: none was started
+    assert not (tmp_path / "out" / "data.jsonl.cost.json").exists() and not (tmp_path / "out" / "data.jsonl").exists()

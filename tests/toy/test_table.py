@@ -39,6 +39,7 @@ def base_model():
 def ray_session():
     import ray
 
+    ray.shutdown()  # a session an earlier test left (run_grpo keeps its own) has other resources
     ray.init(address="local", num_cpus=4, include_dashboard=False)
     yield
     ray.shutdown()
