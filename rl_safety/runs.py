@@ -83,9 +83,13 @@ class RunDirectory:
                 f.write(json.dumps(row) + "\n")
 
     # -------------------------------------------------------------------------- checkpoints
-    def partial_checkpoint(self, step: int) -> Path:
+    def partial_path(self, step: int) -> Path:
         """Where learners write step `step`'s checkpoint before it is committed."""
-        path = self.checkpoints / f"step_{step}{_PARTIAL}"
+        return self.checkpoints / f"step_{step}{_PARTIAL}"
+
+    def partial_checkpoint(self, step: int) -> Path:
+        """`partial_path(step)`, emptied of what an earlier attempt left there."""
+        path = self.partial_path(step)
         if path.exists():
             shutil.rmtree(path)
         return path
@@ -94,7 +98,7 @@ class RunDirectory:
         """Make step `step`'s checkpoint visible: the driver state goes in last and the
         directory is renamed in one step, so a crash at any point leaves either the previous
         complete checkpoint or both, never a half-written one that looks complete."""
-        partial = self.checkpoints / f"step_{step}{_PARTIAL}"
+        partial = self.partial_path(step)
         tmp = partial / "driver_state.json.tmp"
         tmp.write_text(json.dumps(driver_state))
         tmp.rename(partial / "driver_state.json")

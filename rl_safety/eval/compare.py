@@ -406,7 +406,12 @@ def main(argv: list[str]) -> int:
     except CompareError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print((args.output / "comparison.md").read_text().split("\n## ")[0])
+    print_report(written)
+    return 0
+
+
+def print_report(written: dict[str, Path]) -> None:
+    """The main table of a written comparison (`compare`'s return value), then where each file is."""
+    print(written["markdown"].read_text().split("\n## ")[0])
     for name, path in written.items():
         print(f"{name}: {path}")
-    return 0

@@ -63,7 +63,7 @@ class Engines:
     def __init__(self, model: str, suite: Suite) -> None:
         import ray
 
-        from rl_safety.rollout.vllm_engine import RolloutEngine, check_context_length
+        from rl_safety.rollout.vllm_engine import RolloutEngine, checked_max_model_len
 
         g = suite.generation
         if not ray.is_initialized():
@@ -75,14 +75,15 @@ class Engines:
                               f"need that many GPUs; the Ray cluster has {gpus}")
         self.devices = g.engines * g.tensor_parallel_size if self.use_gpu else g.engines
         max_new = max(b.sampling.max_new_tokens for b in suite.benchmarks)
-        check_context_length(model, g.max_model_len or g.max_prompt_tokens + max_new, "generation.max_model_len"
-                             if g.max_model_len else "generation.max_prompt_tokens + the largest sampling.max_new_tokens",
-                             g.trust_remote_code)
+        max_model_len = checked_max_model_len(
+            model, g.max_model_len, g.max_prompt_tokens, max_new, explicit_key="generation.max_model_len",
+            budget_keys="generation.max_prompt_tokens + the largest sampling.max_new_tokens",
+            trust_remote_code=g.trust_remote_code)
         actor = ray.remote(RolloutEngine).options(
             num_cpus=1, num_gpus=(1 if self.use_gpu and g.tensor_parallel_size == 1 else 0))
         self.handles = [
             actor.remote(model, dtype=g.dtype, seed=g.seed + i, tensor_parallel_size=g.tensor_parallel_size,
-                         max_model_len=g.max_model_len or g.max_prompt_tokens + max_new, use_gpu=self.use_gpu,
+                         max_model_len=max_model_len, use_gpu=self.use_gpu,
                          gpu_memory_utilization=g.gpu_memory_utilization, kv_cache_memory_mb=g.kv_cache_memory_mb,
                          enforce_eager=g.enforce_eager, sleep_mode=False, trust_remote_code=g.trust_remote_code,
                          weight_transfer_backend="nccl" if self.use_gpu else "gloo")

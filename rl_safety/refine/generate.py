@@ -95,11 +95,12 @@ def generate_dataset(requests: list[Request], *, model: SFTModelSection, generat
     from transformers import AutoTokenizer
 
     from rl_safety.ledger import CostLedger
-    from rl_safety.rollout.vllm_engine import RolloutEngine, check_context_length
+    from rl_safety.rollout.vllm_engine import RolloutEngine, checked_max_model_len
 
-    max_model_len = generation.max_model_len or generation.max_prompt_tokens + generation.max_new_tokens
-    check_context_length(model.path, max_model_len, "generation.max_model_len" if generation.max_model_len else
-                         "generation.max_prompt_tokens + generation.max_new_tokens", model.trust_remote_code)
+    max_model_len = checked_max_model_len(
+        model.path, generation.max_model_len, generation.max_prompt_tokens, generation.max_new_tokens,
+        explicit_key="generation.max_model_len", budget_keys="generation.max_prompt_tokens + generation.max_new_tokens",
+        trust_remote_code=model.trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(model.path, trust_remote_code=model.trust_remote_code)
     family = chat.resolve_family(tokenizer, model.family)
     top_k = family.top_k if generation.top_k is None else generation.top_k

@@ -21,21 +21,25 @@ class Completion:
     truncated: bool  # stopped by max_new_tokens rather than by EOS / a stop string
 
 
-def check_context_length(model_path: str, max_model_len: int, keys: str, trust_remote_code: bool = False) -> None:
-    """Fail before any engine starts when the prompt + response budget exceeds the model's
-    context: vLLM refuses it too, but only inside the engine actor, after Ray and the actor
-    have started. Models with RoPE scaling are left to vLLM, which derives their longer limit."""
+def checked_max_model_len(model_path: str, explicit: int | None, prompt_tokens: int, new_tokens: int, *,
+                          explicit_key: str, budget_keys: str, trust_remote_code: bool = False) -> int:
+    """The engines' max_model_len: `explicit` if set, else prompt + response budget. It fails
+    (naming the config keys) before any engine starts when that exceeds the model's context:
+    vLLM refuses it too, but only inside the engine actor, after Ray and the actor have started.
+    Models with RoPE scaling are left to vLLM, which derives their longer limit."""
     from transformers import AutoConfig
 
     from rl_safety.config.loader import ConfigError
 
+    max_model_len = explicit or prompt_tokens + new_tokens
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     limit = getattr(config, "max_position_embeddings", None)
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     scaled = rope.get("rope_type", rope.get("type", "default")) != "default"
     if limit is not None and not scaled and max_model_len > limit:
-        raise ConfigError(f"{keys} = {max_model_len} tokens, more than the context of {model_path} "
-                          f"(max_position_embeddings={limit}): lower them")
+        raise ConfigError(f"{explicit_key if explicit else budget_keys} = {max_model_len} tokens, more than the "
+                          f"context of {model_path} (max_position_embeddings={limit}): lower them")
+    return max_model_len
 
 
 class RolloutEngine:

@@ -43,6 +43,15 @@ def finished_with_same_config(cfg, config_file: Path, result: Path) -> bool:
     return True
 
 
+def resume_with_same_config(cfg, run_dir: Path) -> bool:
+    """Whether to resume the unfinished run at `run_dir` (`resume_or_set_aside`), after checking
+    that its checkpoints were made with `cfg`."""
+    resume = resume_or_set_aside(run_dir)
+    if resume:
+        finished_with_same_config(cfg, run_dir / "config.yaml", run_dir / "checkpoints")
+    return resume
+
+
 def train_grpo_arm(base: Path, output_dir: Path, overrides: list[str], seed: int = 0) -> Path:
     """GRPO (configs/toy/grpo.yaml + `overrides`) from the base model on its balanced prompt mix;
     returns the run's `final/`. A finished run is reused; one with a complete checkpoint but no
@@ -58,9 +67,7 @@ def train_grpo_arm(base: Path, output_dir: Path, overrides: list[str], seed: int
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     if finished_with_same_config(cfg, run_dir / "config.yaml", run_dir / "final"):
         return run_dir / "final"
-    resume = resume_or_set_aside(run_dir)
-    if resume:
-        finished_with_same_config(cfg, run_dir / "config.yaml", run_dir / "checkpoints")
+    resume = resume_with_same_config(cfg, run_dir)
     print(f"batch plan: {cfg.batch_plan()}" + (" (resuming)" if resume else ""), flush=True)
     return run_grpo(cfg, source=str(GRPO_CONFIG), resume=resume)
 

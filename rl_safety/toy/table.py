@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rl_safety.config.loader import ConfigError
-from rl_safety.runs import resume_or_set_aside
-from rl_safety.toy.grpo_arm import GRPO_CONFIG, finished_with_same_config, train_grpo_arm
+from rl_safety.toy.grpo_arm import (GRPO_CONFIG, finished_with_same_config, resume_with_same_config,
+                                   train_grpo_arm)
 
 TOY_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "toy"
 CONFIG_PREFIXES = ("sft", "dgr", "thinksafe", "grpo")
@@ -128,10 +128,7 @@ class ToyTable:
         method = arm.removesuffix("_sft")
         if method in self.generation:
             self.generate(method)
-        resume = resume_or_set_aside(run_dir)
-        if resume:
-            finished_with_same_config(cfg, run_dir / "config.yaml", run_dir / "checkpoints")
-        return run_sft(cfg, source=str(TOY_CONFIGS / "sft.yaml"), resume=resume)
+        return run_sft(cfg, source=str(TOY_CONFIGS / "sft.yaml"), resume=resume_with_same_config(cfg, run_dir))
 
     def generate(self, method: str) -> Path:
         from rl_safety.refine.generate import data_cost_path
@@ -166,6 +163,7 @@ def run_table(output_dir: Path, overrides: list[str],
     """Build (or reuse) the base toy model, then `ToyTable(...).run()` in one local Ray session."""
     import ray
 
+    from rl_safety.eval.compare import print_report
     from rl_safety.toy.model import BuildConfig, build_base_model
 
     log = lambda msg: print(msg, flush=True)  # noqa: E731
@@ -175,9 +173,7 @@ def run_table(output_dir: Path, overrides: list[str],
     if not ray.is_initialized():  # one session for every step (each would otherwise start its own)
         ray.init(address="local", include_dashboard=False, num_cpus=max(os.cpu_count() or 1, 4))
     written, failed = table.run()
-    print((output_dir / "comparison" / "comparison.md").read_text().split("\n## ")[0])
-    for name, path in written.items():
-        print(f"{name}: {path}")
+    print_report(written)
     for arm, why in failed.items():
         print(f"arm {arm} FAILED and is not in the table: {why}")
     return written, failed

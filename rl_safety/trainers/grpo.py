@@ -90,15 +90,16 @@ class Workers:
 
         from rl_safety.learner.deepspeed_learner import Learner
         from rl_safety.learner.logprobs import ReferencePolicy
-        from rl_safety.rollout.vllm_engine import RolloutEngine, check_context_length
+        from rl_safety.rollout.vllm_engine import RolloutEngine, checked_max_model_len
 
         tag = uuid.uuid4().hex[:6]  # actor names must be unique in the Ray namespace
         learner_ip, ds_port, sync_port = cluster.node_address_in(layout.learner_group, 0)
 
         ro = cfg.rollout
-        max_model_len = ro.max_model_len or cfg.data.max_prompt_tokens + ro.max_new_tokens
-        check_context_length(cfg.model.path, max_model_len, "rollout.max_model_len" if ro.max_model_len else
-                             "data.max_prompt_tokens + rollout.max_new_tokens", cfg.model.trust_remote_code)
+        max_model_len = checked_max_model_len(
+            cfg.model.path, ro.max_model_len, cfg.data.max_prompt_tokens, ro.max_new_tokens,
+            explicit_key="rollout.max_model_len", budget_keys="data.max_prompt_tokens + rollout.max_new_tokens",
+            trust_remote_code=cfg.model.trust_remote_code)
         rollout_cls = ray.remote(RolloutEngine)
         self.rollouts = [
             rollout_cls.options(**cluster.in_bundle(

@@ -247,12 +247,11 @@ class SFTRank:
         once all have (the barrier), so a crash leaves no checkpoint that looks complete."""
         import torch.distributed as dist
 
-        partial = run.checkpoints / f"step_{step}.partial"
         if self.rank == 0:
             run.checkpoints.mkdir(parents=True, exist_ok=True)
             run.partial_checkpoint(step)
         dist.barrier()
-        engine.save_checkpoint(str(partial), tag="deepspeed")
+        engine.save_checkpoint(str(run.partial_path(step)), tag="deepspeed")
         dist.barrier()
         if self.rank == 0:
             run.commit_checkpoint(step, {"step": step}, keep=self.cfg.run.keep_checkpoints)
