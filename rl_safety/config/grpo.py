@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -21,10 +22,19 @@ class LoraSection(Section):
     rank: int = Field(16, ge=1)
     alpha: float = Field(32.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        "all-linear", description="modules to adapt; null = PEFT's default for the architecture "
+                                  "(q_proj, v_proj for Qwen2/Qwen3/Llama: the ThinkSafe authors' setting)")
     sync: Literal["merged", "adapter"] = Field(
         "merged", description="send base+BA merged weights to vLLM, or the adapter alone (vLLM LoRA)"
     )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _named_modules(cls, value: list[str] | str | None) -> list[str] | str | None:
+        if isinstance(value, list) and (not value or not all(isinstance(m, str) and m for m in value)):
+            raise ValueError("target_modules: a non-empty list of module names, 'all-linear', or null (PEFT's default)")
+        return value
 
 
 class DataSection(Section):
@@ -55,12 +65,27 @@ class LearnerSection(Section):
     gradient_checkpointing: bool = False
     learning_rate: float = Field(1e-6, gt=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="linear warmup over this many optimizer steps")
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="warmup over this share of all optimizer steps, rounded up (Hugging Face's "
+                                     "warmup_ratio); set this or warmup_steps, not both")
     weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(4, ge=1, description="sequences per forward/backward per rank")
     lora: LoraSection | None = Field(None, description="train a LoRA adapter instead of all weights")
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> LearnerSection:
+        if self.warmup_steps and self.warmup_ratio:
+            raise ValueError(f"learner.warmup_steps={self.warmup_steps} and learner.warmup_ratio={self.warmup_ratio}: "
+                             "set one of them")
+        return self
+
+    def warmup_for(self, total_steps: int) -> int:
+        """Warmup steps of a run of `total_steps` optimizer steps: warmup_steps, or
+        ceil(warmup_ratio x total_steps) as Hugging Face's Trainer computes it."""
+        return math.ceil(self.warmup_ratio * total_steps) if self.warmup_ratio else self.warmup_steps
 
 
 class AlgorithmSection(Section):

@@ -241,13 +241,14 @@ def _lr_schedule(optimizer: torch.optim.Optimizer, cfg: GRPOConfig):
 
     lr = cfg.learner
     total = cfg.run.total_steps * cfg.algorithm.epochs_per_step * cfg.algorithm.mini_batches_per_step
+    warmup = lr.warmup_for(total)
 
     def factor(step: int) -> float:
-        if step < lr.warmup_steps:
-            return (step + 1) / lr.warmup_steps
+        if step < warmup:
+            return (step + 1) / warmup
         if lr.lr_schedule == "constant":
             return 1.0
-        progress = (step - lr.warmup_steps) / max(1, total - lr.warmup_steps)
+        progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

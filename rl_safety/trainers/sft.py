@@ -70,6 +70,19 @@ def pack(encoded: list[tuple[list[int], list[int]]], row_tokens: int) -> list[li
     return rows
 
 
+def step_micro_batches(order: np.ndarray, slot: int, micro: int, accum: int, world_size: int,
+                       rank: int) -> list[list[int | None]]:
+    """Row indices of `rank`'s `accum` micro-batches of `micro` rows at optimizer step `slot` of
+    an epoch whose rows are drawn in `order`. The epoch's last step may hold fewer rows than a
+    full step (micro x accum x ranks): its empty places are None (padding rows, no loss), so
+    every row trains once per epoch -- 10 examples train 10 on 8 ranks, none is dropped."""
+    per_step = micro * accum * world_size
+    step: list[int | None] = [int(i) for i in order[slot * per_step:(slot + 1) * per_step]]
+    step += [None] * (per_step - len(step))
+    mine = step[rank * micro * accum:(rank + 1) * micro * accum]
+    return [mine[m * micro:(m + 1) * micro] for m in range(accum)]
+
+
 def collate(rows: list[list[tuple[list[int], list[int]]]], pad_id: int) -> dict[str, torch.Tensor]:
     """A micro-batch [B, L] from rows of one or more examples each. Packed rows get position ids
     that restart at every example and no attention mask: transformers then builds a
@@ -152,12 +165,14 @@ class SFTRank:
         optimizer = torch.optim.AdamW(self.params, lr=lr.learning_rate, betas=lr.adam_betas,
                                       weight_decay=lr.weight_decay)
 
+        warmup = lr.warmup_for(total_steps)
+
         def factor(step: int) -> float:
-            if step < lr.warmup_steps:
-                return (step + 1) / lr.warmup_steps
+            if step < warmup:
+                return (step + 1) / warmup
             if lr.lr_schedule == "constant":
                 return 1.0
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - lr.warmup_steps) / max(1, total_steps - lr.warmup_steps))))
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
 
         zero: dict[str, Any] = {"stage": lr.zero_stage}
         if lr.offload and lr.zero_stage > 0:
@@ -178,7 +193,8 @@ class SFTRank:
     def train(self, encoded: list[tuple[list[int], list[int]]], run_dir: str,
               resume_from: str | None = None) -> dict[str, float]:
         """Optimizer steps over `encoded` in a seeded order per epoch; each step takes
-        micro x accumulation x ranks rows, rank r the r-th block. With `resume_from` (a committed
+        micro x accumulation x ranks rows, rank r the r-th block; the epoch's last step takes
+        what is left, padded with loss-free rows (`step_micro_batches`). With `resume_from` (a committed
         checkpoint directory) the engine, optimizer and schedule are restored and training goes
         on at the step after it. Returns the last step's stats and `rank_input_tokens`, the
         tokens this rank trained on in this segment of the run."""
@@ -190,9 +206,9 @@ class SFTRank:
         micro, accum = cfg.learner.micro_batch_size, t.gradient_accumulation_steps
         rows = pack(encoded, cfg.data.max_tokens) if t.packing else [[e] for e in encoded]
         per_step = micro * accum * self.world_size
-        steps_per_epoch = len(rows) // per_step
-        if steps_per_epoch == 0:
-            raise ValueError(f"{len(rows)} training rows do not fill one optimizer step of {per_step} ({cfg.batch_plan()})")
+        if not rows:
+            raise ValueError(f"no training rows: every example is longer than data.max_tokens={cfg.data.max_tokens}")
+        steps_per_epoch = -(-len(rows) // per_step)  # a partial last step is padded, not dropped
         total = steps_per_epoch * t.epochs if t.max_steps is None else min(t.max_steps, steps_per_epoch * t.epochs)
         engine = self._engine(total)
         run = RunDirectory(run_dir)
@@ -213,12 +229,14 @@ class SFTRank:
             order = (np.random.default_rng([cfg.run.seed, epoch]).permutation(len(rows)) if t.shuffle
                      else np.arange(len(rows)))
             started = time.time()
-            mine = order[slot * per_step:(slot + 1) * per_step][self.rank * micro * accum:(self.rank + 1) * micro * accum]
-            batches = [collate([rows[i] for i in mine[m * micro:(m + 1) * micro]], pad) for m in range(accum)]
+            mine = step_micro_batches(order, slot, micro, accum, self.world_size, self.rank)
+            padding_row = [([pad], [IGNORE])]  # one token, no loss: keeps the ranks' collectives in step
+            batches = [collate([padding_row if i is None else rows[i] for i in m], pad) for m in mine]
             # the cost ledger's tokens trained: every real (non-padding) token of the step
-            input_tokens += sum(len(ids) for i in mine for ids, _ in rows[i])
+            input_tokens += sum(len(ids) for m in mine for i in m if i is not None for ids, _ in rows[i])
             count = torch.tensor([float(sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches))])
             dist.all_reduce(count)  # tokens with loss in the whole optimizer step
+            count.clamp_(min=1.0)  # a step of examples with no loss tokens has no gradient, not a NaN
             loss_sum = 0.0
             for batch in batches:
                 logits = engine(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits

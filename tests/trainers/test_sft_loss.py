@@ -66,3 +66,45 @@ def test_packing_gives_the_unpacked_loss(model_and_tokenizer):
         b, nb = token_nll(model(input_ids=unpacked["input_ids"], attention_mask=unpacked["attention_mask"]).logits, unpacked["labels"])
     assert na == nb
     assert float(a) == pytest.approx(float(b), rel=1e-5)
+
+
+@pytest.mark.parametrize("examples, micro, accum, ranks", [(10, 1, 1, 8), (10, 2, 2, 1), (16, 2, 2, 2), (3, 4, 2, 2)])
+def test_every_example_trains_once_per_epoch_and_the_last_step_is_padded(examples, micro, accum, ranks):
+    """10 examples on 8 ranks train 10 (not 8): the last step is partial, its empty places None."""
+    import numpy as np
+
+    from rl_safety.trainers.sft import step_micro_batches
+
+    order = np.random.default_rng(0).permutation(examples)
+    per_step = micro * accum * ranks
+    steps = -(-examples // per_step)
+    seen = []
+    for slot in range(steps):
+        for rank in range(ranks):
+            batches = step_micro_batches(order, slot, micro, accum, ranks, rank)
+            assert len(batches) == accum and all(len(b) == micro for b in batches)
+            seen += [i for b in batches for i in b]
+    assert sorted(i for i in seen if i is not None) == list(range(examples))
+    assert seen.count(None) == steps * per_step - examples
+    assert [i for i in seen if i is not None] == list(order)  # in the epoch's order
+
+
+def test_a_padding_row_adds_no_loss_and_no_gradient(model_and_tokenizer):
+    """A micro-batch holding a real example and a padding row ([pad], [IGNORE]) gives the real
+    example's loss and gradient alone."""
+    model, tok = model_and_tokenizer
+    encoded, _ = encode_examples(EXAMPLES[:1], tok, family="auto", system_prompt=None, max_tokens=512, prompt_loss=False)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def loss_and_grads(rows):
+        model.zero_grad()
+        batch = collate(rows, pad)
+        nll, count = token_nll(model(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"])
+        nll.backward()
+        return nll.item(), count, [p.grad.clone() for p in model.parameters()]
+
+    alone = loss_and_grads([[encoded[0]]])
+    padded = loss_and_grads([[encoded[0]], [([pad], [IGNORE])]])
+    assert padded[0] == pytest.approx(alone[0], rel=1e-5) and padded[1] == alone[1]
+    for a, b in zip(alone[2], padded[2]):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
