@@ -21,8 +21,9 @@ class SafetyDataSection(Section):
     """A safety dataset (rl_safety.data.safety), as SFT, DGR and ThinkSafe read it."""
 
     train: str = Field(description="JSON/JSONL/Parquet/CSV file or Hugging Face dataset name")
-    dataset: Literal["schema", "safechain", "star1", "directrefusal", "r1_act"] = Field(
-        "schema", description="column mapping (rl_safety.data.safety.DATASETS); schema = our DGR/ThinkSafe output")
+    dataset: Literal["schema", "safechain", "small_safechain", "star1", "directrefusal", "directrefusal_text", "r1_act",
+                     "thinksafe"] = Field(
+        "schema", description="the data's layout (rl_safety.data.safety.DATASETS); schema = our DGR/ThinkSafe output")
     split: str = "train"
     columns: dict[str, str] = Field(default_factory=dict, description="override the mapping: {schema field: column}")
     on_bad_row: Literal["skip", "error"] = Field("skip", description="rows that break the schema: log and skip, or stop")

@@ -10,25 +10,35 @@ import numpy as np
 
 from rl_safety.data import chat
 
-_FILE_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+# suffix -> (datasets builder, its options). TSV (WildJailbreak's files): tab-separated, and an
+# empty cell stays "" instead of becoming NaN / None.
+_FILE_FORMATS = {".json": ("json", {}), ".jsonl": ("json", {}), ".parquet": ("parquet", {}), ".csv": ("csv", {}),
+                 ".tsv": ("csv", {"delimiter": "\t", "keep_default_na": False})}
 
 
 class DatasetError(ValueError):
     """A dataset that cannot be used as configured; the message names the source and the field."""
 
 
-def load_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
-    """Rows of a local JSON/JSONL/Parquet/CSV file or a Hugging Face dataset name, through
-    `datasets.load_dataset` (the same call a user's machine makes for a hub dataset)."""
+def load_rows(source: str, split: str = "train", config: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a local JSON/JSONL/Parquet/CSV/TSV file, or of a Hugging Face dataset (a hub name
+    or a local copy of its repository) with its `config` name (e.g. WildJailbreak's "eval"),
+    through `datasets.load_dataset`: the same call a user's machine makes for a hub dataset."""
     from datasets import load_dataset
 
     suffix = Path(source).suffix.lower()
     if suffix in _FILE_FORMATS:
+        if config is not None:
+            raise DatasetError(f"{source}: a dataset config name ({config!r}) applies to hub datasets, not to a file")
         if not Path(source).is_file():
             raise DatasetError(f"dataset file {source} does not exist")
-        dataset = load_dataset(_FILE_FORMATS[suffix], data_files={split: source}, split=split)
+        builder, options = _FILE_FORMATS[suffix]
+        dataset = load_dataset(builder, data_files={split: source}, split=split, **options)
     else:
-        dataset = load_dataset(source, split=split)
+        try:
+            dataset = load_dataset(source, config, split=split)
+        except ValueError as err:  # e.g. "BuilderConfig 'x' not found. Available: [...]", an unknown split
+            raise DatasetError(f"{source} (config {config!r}, split {split!r}): {err}") from None
     return [dict(row) for row in dataset]
 
 

@@ -12,24 +12,40 @@ A row that breaks the schema is reported with its row (and, for JSONL, its line)
 skipped or refused (`on_bad_row`), never coerced: a numeric prompt is not stringified, a response
 with no `</think>` is not guessed into reasoning and answer, an unknown label is not defaulted.
 
-Column mappings (`DATASETS`), from the public datasets and the papers' code:
-- safechain (`UWNSL/SafeChain`): `instruction`, `response` (an R1 thought *without* the opening
-  `<think>`, closed by `</think>`, then the answer), `label` with values such as
+Layouts (`DATASETS`), as the public datasets and the papers' code have them (each has a fixture
+file in its real columns under tests/fixtures/layouts/, whose README says what was verified and
+from where):
+- safechain (`UWNSL/SafeChain`) and small_safechain (`TianshengHuang/Small_SafeChain`, Safety-Tax's
+  1,000 "vanilla_harmful" SafeChain rows, columns kept): `instruction`, `response` (an R1 thought
+  *without* the opening `<think>`, closed by `</think>`, then the answer), `label` such as
   "vanilla_harmful" / "adversarial_benign"; ThinkSafe's `synthesize_data.py` splits on
   `"harmful" in label`, and so do we.
 - star1 (`UCSC-VLAA/STAR-1`, also `../shared/data/star1/STAR-1.json`): `question`, `response`
   (`<think>...</think>` then the answer); all prompts are harmful-category requests.
-- directrefusal (`TianshengHuang/DirectRefusal`) and r1_act (`Yeonjun/R1-Act-train`): harmful
-  prompts with a short fixed thought and a refusal. Their hub cards were not readable from
-  here, so the column *candidates* below follow the conventions of their code bases (s1-style
-  `question`/`instruction` + a response with `</think>`) and the loader names the columns it
-  found when none matches; `columns:` in the config maps any other layout.
+- directrefusal (`TianshengHuang/DirectRefusal`, built by Safety-Tax's `construct_safety_dataset.py`
+  from 1,000 BeaverTails rows): the example is the `refusal` column, "Question: <prompt>\nAnswer:
+  <refusal>", and the thought is the fixed "I should not answer this question!" (ThinkSafe's
+  loader and Safety-Tax's build script split it the same way).
+- directrefusal_text: the same dataset read from its `text` column, the s1-style rendering
+  Safety-Tax trains on (`<|im_start|>think\n I should not answer this question!<|im_start|>answer\n
+  Answer: <refusal>`); the answer keeps the "Answer: " prefix Safety-Tax gave it.
+- r1_act (`Yeonjun/R1-Act-train`, R1-Act's training code): `instruction`, `response` (appended to
+  the R1-distill generation prompt, which already opened the thought). A label column is not
+  known: every row is harmful unless a `label` column says otherwise.
+- thinksafe (the ThinkSafe authors' released sets, e.g. `Seanie-lee/ThinkSafe-R1-Distill-7B`, as
+  `synthesize_data.py` writes them): `instruction`, `response` (`<think>\n...</think>` then the
+  answer), `prompt_label` (SafeChain's label of the prompt), `response_label` ("safe").
+- schema: our own DGR / ThinkSafe output, and any file already in the schema.
+
+A file whose columns match none of its layout fails at once, naming the columns it has.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -55,35 +71,88 @@ class SafetyExample:
         return asdict(self)
 
 
+class _BadRow(ValueError):
+    pass
+
+
+# The fixed thought of DirectRefusal (Safety-Tax's construct_safety_dataset.py; ThinkSafe's loader).
+DIRECT_REFUSAL_THOUGHT = "I should not answer this question!"
+
+
+def parse_question_answer(text: str) -> tuple[str, str, str]:
+    """(prompt, reasoning, answer) of DirectRefusal's `refusal` column, "Question: <prompt>\nAnswer:
+    <refusal>": split at the first "\nAnswer:" as Safety-Tax's build script does; the reasoning
+    is the dataset's fixed thought."""
+    head, sep, answer = text.partition("\nAnswer:")
+    if not head.startswith("Question:") or not sep:
+        raise _BadRow("is not 'Question: <prompt>\\nAnswer: <refusal>'")
+    prompt, answer = head[len("Question:"):].strip(), answer.strip()
+    if not prompt or not answer:
+        raise _BadRow("has an empty question or answer")
+    return prompt, DIRECT_REFUSAL_THOUGHT, answer
+
+
+_S1_EXAMPLE = re.compile(
+    r"<\|im_start\|>user\n(?P<prompt>.*?)<\|im_end\|>\n<\|im_start\|>assistant\n"
+    r"<\|im_start\|>think\n(?P<reasoning>.*?)<\|im_start\|>answer\n(?P<answer>.*?)(?:<\|im_end\|>\s*)?$",
+    re.DOTALL)
+
+
+def parse_s1_text(text: str) -> tuple[str, str, str]:
+    """(prompt, reasoning, answer) of an s1-style rendered example (Safety-Tax's `text` column:
+    a ChatML conversation whose assistant turn is `<|im_start|>think\n...<|im_start|>answer\n...`)."""
+    match = _S1_EXAMPLE.search(text)
+    if match is None:
+        raise _BadRow("is not an s1-style rendering (<|im_start|>user ... <|im_start|>think ... <|im_start|>answer ...)")
+    prompt, reasoning, answer = (match.group(k).strip() for k in ("prompt", "reasoning", "answer"))
+    if not prompt or not answer:
+        raise _BadRow("has an empty user turn or answer")
+    return prompt, reasoning, answer
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """How a dataset's columns map onto the schema. Each field lists candidate column names,
     tried in order; `response` holds reasoning and answer in one `...</think>answer` text, used
-    when no separate reasoning/answer columns exist."""
+    when no separate reasoning/answer columns exist. `record` is a column holding the whole
+    example in one string and its parser (DirectRefusal); `columns:` overrides take the column
+    route instead."""
 
     hub_name: str
-    prompt: tuple[str, ...]
+    prompt: tuple[str, ...] = ()
     response: tuple[str, ...] = ()
     reasoning: tuple[str, ...] = ()
     answer: tuple[str, ...] = ()
     label: tuple[str, ...] = ()
     fixed_label: Label | None = None  # every prompt of the dataset has this label
     needs_reasoning: bool = True  # a response without a closed thought breaks the schema
+    record: tuple[str, Callable[[str], tuple[str, str, str]]] | None = None
+
+    def expected(self, prompts_only: bool) -> str:
+        """The layout in words, for an error that names what was expected."""
+        if self.record is not None:
+            return f"a {self.record[0]!r} column"
+        parts = [f"a prompt column {list(self.prompt)}"]
+        if not prompts_only:
+            parts.append(f"a response column {list(self.response)}" if self.response
+                         else f"reasoning {list(self.reasoning)} and answer {list(self.answer)} columns")
+        if self.fixed_label is None:
+            parts.append(f"a label column {list(self.label)}")
+        return ", ".join(parts)
 
 
+_SAFECHAIN = dict(prompt=("instruction",), response=("response",), label=("label",))
 DATASETS: dict[str, DatasetSpec] = {
-    "safechain": DatasetSpec("UWNSL/SafeChain", prompt=("instruction",), response=("response",), label=("label",)),
+    "safechain": DatasetSpec("UWNSL/SafeChain", **_SAFECHAIN),
+    "small_safechain": DatasetSpec("TianshengHuang/Small_SafeChain", **_SAFECHAIN),
     "star1": DatasetSpec("UCSC-VLAA/STAR-1", prompt=("question",), response=("response",), fixed_label="harmful"),
-    "directrefusal": DatasetSpec(
-        "TianshengHuang/DirectRefusal", prompt=("question", "instruction", "prompt"),
-        response=("response", "output", "answer"), reasoning=("reasoning", "thinking", "cot"),
-        answer=("answer", "output"), fixed_label="harmful",
-    ),
-    "r1_act": DatasetSpec(
-        "Yeonjun/R1-Act-train", prompt=("instruction", "question", "prompt"),
-        response=("response", "output"), reasoning=("reasoning", "thinking"), answer=("answer",),
-        label=("label",), fixed_label="harmful",
-    ),
+    "directrefusal": DatasetSpec("TianshengHuang/DirectRefusal", fixed_label="harmful",
+                                 record=("refusal", parse_question_answer)),
+    "directrefusal_text": DatasetSpec("TianshengHuang/DirectRefusal", fixed_label="harmful",
+                                      record=("text", parse_s1_text)),
+    "r1_act": DatasetSpec("Yeonjun/R1-Act-train", prompt=("instruction",), response=("response",), label=("label",),
+                          fixed_label="harmful"),
+    "thinksafe": DatasetSpec("", prompt=("instruction",), response=("response",), label=("prompt_label",)),
     # Our own outputs (DGR, ThinkSafe) and any file already in the schema.
     "schema": DatasetSpec("", prompt=("prompt",), reasoning=("reasoning",), answer=("answer",), label=("label",)),
 }
@@ -172,7 +241,8 @@ def load_safety_dataset(name: str, source: str | None = None, *, split: str = "t
         raise DatasetError(f"columns: unknown schema field(s) {sorted(unknown)}")
     source = source or spec.hub_name
     if not source:
-        raise DatasetError(f"dataset {name!r} has no hub name: give a file")
+        raise DatasetError(f"dataset {name!r} has no default hub name: give a file or a hub name "
+                           "(e.g. Seanie-lee/ThinkSafe-R1-Distill-7B for the ThinkSafe authors' sets)")
     path = Path(source)
     jsonl = False
     if path.suffix.lower() in (".json", ".jsonl"):
@@ -182,6 +252,7 @@ def load_safety_dataset(name: str, source: str | None = None, *, split: str = "t
     else:
         rows = load_rows(source, split)
 
+    _check_layout(rows, spec, columns, prompts_only, source, name)
     report, examples = LoadReport(source), []
     for index, row in enumerate(rows[:limit] if limit else rows):
         if row is None and jsonl:
@@ -205,8 +276,27 @@ def load_safety_dataset(name: str, source: str | None = None, *, split: str = "t
     return examples, report
 
 
-class _BadRow(ValueError):
-    pass
+def _check_layout(rows: list[Any], spec: DatasetSpec, columns: dict[str, str], prompts_only: bool, source: str,
+                  name: str) -> None:
+    """Fail at once, naming the columns found, when the first row has none of the columns the
+    layout needs (a file in another layout would otherwise fail row by row, or not at all)."""
+    first = next((row for row in rows if isinstance(row, dict)), None)
+    if first is None:
+        return  # no object row at all: each row is reported as it is parsed
+    if spec.record is not None and not columns:
+        wanted = [spec.record[0]]
+    else:
+        wanted = [_pick(first, spec.prompt, columns.get("prompt"))]
+        if not prompts_only:
+            pair = [_pick(first, spec.reasoning, columns.get("reasoning")), _pick(first, spec.answer, columns.get("answer"))]
+            response = _pick(first, spec.response, columns.get("response"))
+            wanted += pair if all(pair) and not columns.get("response") else [response]
+        if spec.fixed_label is None:
+            wanted.append(_pick(first, spec.label, columns.get("label")))
+    if any(column is None or column not in first for column in wanted):
+        raise DatasetError(f"{source}: not in the {name} layout, which needs {spec.expected(prompts_only)}; its "
+                           f"columns are {sorted(first)} (choose data.dataset for this layout, or map it with "
+                           "data.columns: {schema field: column})")
 
 
 def _text(row: dict[str, Any], column: str | None, what: str, allow_empty: bool = False) -> str:
@@ -226,6 +316,15 @@ def _parse_row(row: Any, index: int, spec: DatasetSpec, columns: dict[str, str],
         raise _BadRow(f"not valid JSON ({row.error})")
     if not isinstance(row, dict):
         raise _BadRow(f"not an object but {type(row).__name__}")
+    if spec.record is not None and not columns:
+        column, parse = spec.record
+        try:
+            prompt, reasoning, answer = parse(_text(row, column, column))
+        except _BadRow as bad:
+            raise _BadRow(f"column {column!r} {bad}") from None
+        label = _parse_label(row, spec, columns)
+        return SafetyExample(prompt, "" if prompts_only else reasoning, "" if prompts_only else answer, label, name,
+                             index)
     prompt = _text(row, _pick(row, spec.prompt, columns.get("prompt")), "prompt").strip()
 
     label = _parse_label(row, spec, columns)

@@ -45,8 +45,9 @@ def test_column_override_and_missing_columns_named(tmp_path):
     path = _jsonl(tmp_path / "dr.jsonl", [{"q": "Make a bomb", "r": "<think>\nNo.\n</think>\n\nI refuse."}])
     examples, _ = load_safety_dataset("directrefusal", str(path), columns={"prompt": "q", "response": "r"})
     assert (examples[0].reasoning, examples[0].answer, examples[0].label) == ("No.", "I refuse.", "harmful")
-    with pytest.raises(DatasetError, match=r"no prompt column \(columns: \['q', 'r'\]\)"):
-        load_safety_dataset("directrefusal", str(path), on_bad_row="error")
+    with pytest.raises(DatasetError, match=r"not in the directrefusal layout, which needs a 'refusal' column; "
+                                           r"its columns are \['q', 'r'\]"):
+        load_safety_dataset("directrefusal", str(path))
 
 
 def test_split_thought():
