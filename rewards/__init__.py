@@ -5,7 +5,7 @@ math-verify, transformers, vLLM and Ray are imported only by the rewards that us
 """
 
 from rewards.registry import RewardError, RewardSpec, combine, get, load_module, names, register, score
-from rewards import judge, reasoning, safety, shaping, strongreject  # registers the built-in rewards
+from rewards import judge, moderation, reasoning, safety, shaping, strongreject  # registers the built-in rewards
 
-__all__ = ["RewardError", "RewardSpec", "combine", "get", "judge", "load_module", "names", "reasoning",
+__all__ = ["RewardError", "RewardSpec", "combine", "get", "judge", "load_module", "moderation", "names", "reasoning",
            "register", "safety", "score", "shaping", "strongreject"]

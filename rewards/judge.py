@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Callable
@@ -148,15 +149,33 @@ class GuardServer:
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
         return [out.outputs[0].text for out in self.llm.chat(conversations, params, use_tqdm=False)]
 
+    def first_token_logprobs(self, prompts: list[str], words: list[str], top_logprobs: int) -> list[list[float | None]]:
+        """Per prompt, the log-probability of each of `words` as the first generated token (None
+        where it is not among the `top_logprobs` most likely). Each word must be one token of
+        the judge's vocabulary: a sub-word piece would read the wrong probability."""
+        from vllm import SamplingParams
+
+        tokenizer = self.llm.get_tokenizer()
+        ids = []
+        for word in words:
+            pieces = tokenizer.encode(word, add_special_tokens=False)
+            if len(pieces) != 1:
+                raise JudgeOutputError(f"verdict word {word!r} is {len(pieces)} tokens {pieces} for this judge, not one")
+            ids.append(pieces[0])
+        params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=top_logprobs)
+        out = []
+        for result in self.llm.generate(prompts, params, use_tqdm=False):
+            first = result.outputs[0].logprobs[0]  # token id -> Logprob of the first position
+            out.append([first[i].logprob if i in first else None for i in ids])
+        return out
+
 
 _SERVERS: dict[tuple[str, str], Any] = {}  # (actor name, Ray session's node id) -> judge actor handle
 
 
-def judge_outputs(judge_prompts: list, max_tokens: int, *, model: str, num_gpus: float | None,
-                  num_cpus: float, max_model_len: int, vllm_kwargs: dict[str, Any], chat: bool = False) -> list[str]:
-    """The judge's raw outputs for already-formatted prompts (with `chat`, conversations: lists of
-    {"role", "content"} messages), from the Ray actor serving this configuration: created on
-    first use (starting a local Ray if none is running), found by name afterwards, so every
+def judge_server(server_class: type, init_kwargs: dict[str, Any], *, num_gpus: float | None, num_cpus: float):
+    """The Ray actor of `server_class(**init_kwargs)` serving this judge configuration: created
+    on first use (starting a local Ray if none is running), found by name afterwards, so every
     reward worker in the cluster shares one engine per judge."""
     import ray
 
@@ -165,16 +184,26 @@ def judge_outputs(judge_prompts: list, max_tokens: int, *, model: str, num_gpus:
         ray.init(address=os.environ.get("RAY_ADDRESS", "local"), include_dashboard=False)
     if num_gpus is None:
         num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    key = json.dumps([model, num_gpus, max_model_len, vllm_kwargs], sort_keys=True, default=str)
-    name = f"rewards_guard_judge_{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    key = json.dumps([server_class.__name__, num_gpus, init_kwargs], sort_keys=True, default=str)
+    name = f"rewards_judge_{hashlib.sha1(key.encode()).hexdigest()[:12]}"
     # A named actor dies with the last handle of the process that made it: keep the handle for
     # this Ray session, or the engine is torn down (and rebuilt) between calls, racing callers.
     session = (name, ray.get_runtime_context().get_node_id())
-    server = _SERVERS.get(session)
-    if server is None:
-        server = _SERVERS[session] = ray.remote(GuardServer).options(
+    if session not in _SERVERS:
+        _SERVERS[session] = ray.remote(server_class).options(
             name=name, namespace="rewards", get_if_exists=True, num_gpus=num_gpus, num_cpus=num_cpus,
-        ).remote(model, max_model_len=max_model_len, **vllm_kwargs)
+        ).remote(**init_kwargs)
+    return _SERVERS[session]
+
+
+def judge_outputs(judge_prompts: list, max_tokens: int, *, model: str, num_gpus: float | None,
+                  num_cpus: float, max_model_len: int, vllm_kwargs: dict[str, Any], chat: bool = False) -> list[str]:
+    """The judge's raw outputs for already-formatted prompts (with `chat`, conversations: lists of
+    {"role", "content"} messages), from the judge's shared Ray actor (`judge_server`)."""
+    import ray
+
+    server = judge_server(GuardServer, {"model": model, "max_model_len": max_model_len, **vllm_kwargs},
+                          num_gpus=num_gpus, num_cpus=num_cpus)
     method = server.chat if chat else server.generate
     return ray.get(method.remote(judge_prompts, max_tokens))
 
@@ -211,6 +240,49 @@ def guard_judge(prompts: list[str], completions: list, *, model: str, format: st
                             model=model, num_gpus=num_gpus, num_cpus=num_cpus, max_model_len=max_model_len,
                             vllm_kwargs=dict(vllm_kwargs or {}))
     return judged_values(outputs, guard.parse, target, on_unparseable)
+
+
+# ThinkSafe's grpo_train.py: a verdict token missing from the returned top logprobs counts as this.
+MISSING_LOGPROB = -1e4
+
+
+def p_safe(logprob_safe: float | None, logprob_unsafe: float | None) -> float:
+    """P(safe) renormalised over the two verdict tokens, softmax(lp_safe, lp_unsafe)[0]; a token
+    missing from the top logprobs counts as MISSING_LOGPROB (both missing: 0.5)."""
+    safe = MISSING_LOGPROB if logprob_safe is None else logprob_safe
+    unsafe = MISSING_LOGPROB if logprob_unsafe is None else logprob_unsafe
+    top = max(safe, unsafe)
+    return math.exp(safe - top) / (math.exp(safe - top) + math.exp(unsafe - top))
+
+
+@register("guard_p_safe")
+def guard_p_safe(prompts: list[str], completions: list, *, model: str, view: str = "full",
+                 top_logprobs: int = 20, max_response_chars: int | None = None, num_gpus: float | None = None,
+                 num_cpus: float = 1, max_model_len: int = 8192, vllm_kwargs: dict[str, Any] | None = None,
+                 **_: object) -> list[float]:
+    """Llama Guard 3's probability that the response is safe, from the logprobs of its first
+    verdict token ("safe" vs "unsafe", renormalised over the two): the guard reward of the
+    ThinkSafe authors' GRPO baseline (`grpo_train.py`), which judges the full completion, thought
+    included (view "full"; "answer" judges the final answer). A soft score: GRPO's advantages
+    see how sure the guard is, not only its verdict.
+
+    top_logprobs: how many first-token logprobs vLLM returns (the authors ask for 2; a verdict
+    token outside them counts as MISSING_LOGPROB). Other arguments as for `guard_judge`.
+    """
+    if view not in ("answer", "full"):
+        raise ValueError(f"guard_p_safe: view={view!r} (answer|full)")
+    import ray
+
+    responses = judged_responses(completions, view, max_response_chars)
+    server = judge_server(GuardServer, {"model": model, "max_model_len": max_model_len, **dict(vllm_kwargs or {})},
+                          num_gpus=num_gpus, num_cpus=num_cpus)
+    judge_prompts = [llama_guard_3_prompt(p, r) for p, r in zip(prompts, responses, strict=True)]
+    logprobs = ray.get(server.first_token_logprobs.remote(judge_prompts, ["safe", "unsafe"], top_logprobs))
+    missing = sum(lp is None for pair in logprobs for lp in pair)
+    if missing:
+        log.warning("guard_p_safe: %d verdict token(s) outside the top %d logprobs, counted as %g",
+                    missing, top_logprobs, MISSING_LOGPROB)
+    return [p_safe(safe, unsafe) for safe, unsafe in logprobs]
 
 
 def judged_responses(completions: list, view: str, max_response_chars: int | None) -> list[str]:

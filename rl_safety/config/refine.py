@@ -3,9 +3,12 @@ Generation reuses GRPO's rollout section (vLLM engine actors); the model section
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from rl_safety.config.grpo import ClusterSection, RolloutSection
+from rl_safety.config.judge import Guard
 from rl_safety.config.loader import Section
 from rl_safety.config.sft import SafetyDataSection, SFTModelSection
 
@@ -42,14 +45,29 @@ class OutputSection(Section):
 
 class DGRSection(Section):
     refinement_prompt: str = Field(
-        DGR_REFINEMENT_PROMPT, description="user turn sent to the target model; {prompt} {reasoning} {answer} filled")
+        DGR_REFINEMENT_PROMPT, description="user turn sent to the target model (ours: the paper's prompt is not "
+                                           "public); {prompt} {reasoning} {answer} filled")
     require_label_behaviour: bool = Field(
         True, description="keep refusals of harmful prompts and answers to benign ones only")
+    on_failed_refinement: Literal["drop", "original"] = Field(
+        "drop", description="a source row none of whose samples is accepted: drop it, or keep the original "
+                            "external trace in its place (provenance fallback: original; counted in the stats)")
+
+
+# The ThinkSafe authors' filter model (synthesize_data.py, utils/guard_model.py). Its context must
+# hold the prompt, a 16,384-token response and the guard's own template.
+THINKSAFE_GUARD = Guard(model="meta-llama/Llama-Guard-3-8B", format="llama_guard_3", view="full", max_model_len=24576)
 
 
 class ThinkSafeSection(Section):
     steering_text: str = Field(STEERING_TEXT, description="prefix of harmful prompts, then a blank line and the prompt")
-    require_label_behaviour: bool = Field(True, description="keep refusals of harmful prompts and answers to benign ones only")
+    filter: Literal["guard", "refusal_regex"] = Field(
+        "guard", description="guard: keep a sample the guard judges safe on (original prompt, full response, "
+                             "thought included), the authors' filter; refusal_regex: a CPU option that is NOT the "
+                             "authors', keeping refusals of harmful prompts and answers to benign ones "
+                             "(rewards.safety.is_refusal on the answer)")
+    guard: Guard = Field(THINKSAFE_GUARD, description="the filter's guard (Llama Guard 3 by default, WildGuard "
+                                                      "with format: wildguard); used with filter: guard")
 
 
 class GenerationConfig(Section):

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from rl_safety.config.judge import Guard
 from rl_safety.config.loader import Section
 from rl_safety.data.prompts import DatasetError, load_rows
 
@@ -36,18 +37,6 @@ class Sampling(Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(-1, description="-1 = off")
     max_new_tokens: int = Field(512, ge=1, description="a response cut here has no final answer if its thought is open")
-
-
-class Guard(Section):
-    """The guard-model judge (rewards.judge.guard_judge) used by the `guard` scorer."""
-
-    model: str = Field(description="guard checkpoint: hub id or path (Llama-Guard-3-8B, allenai/wildguard)")
-    format: Literal["llama_guard_3", "wildguard"] = "llama_guard_3"
-    view: Literal["answer", "full"] = Field("answer", description="judge the final answer or reasoning + answer")
-    max_response_chars: int | None = Field(None, description="keep the end of longer responses")
-    num_gpus: float | None = Field(None, description="None: 1 if the cluster has GPUs")
-    max_model_len: int = 8192
-    vllm_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 class RubricJudge(Section):

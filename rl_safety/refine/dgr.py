@@ -4,6 +4,8 @@ The target model rewrites each external safety trace (reasoning and answer, e.g.
 R1-ACT) in its own words under a refinement prompt, so the SFT data comes from its own
 distribution. Accepted rewrites keep the source row's prompt and label; each output row records
 the refinement prompt it was generated from (`user_turn`), the source row, the model and the seed.
+The refinement prompt is ours (the paper's is not public). A row whose rewrites all fail the
+filter is dropped, or (`dgr.on_failed_refinement: original`) kept with its original trace.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rl_safety.config.refine import DGRConfig
-from rl_safety.refine.generate import Request, run_generation
+from rl_safety.refine.generate import RefusalRegexFilter, Request, run_generation
 
 
 def refinement_requests(cfg: DGRConfig):
@@ -28,8 +30,9 @@ def refinement_requests(cfg: DGRConfig):
 
 
 def run_dgr(cfg: DGRConfig) -> tuple[Path, dict]:
-    return run_generation(cfg, refinement_requests(cfg), require_label_behaviour=cfg.dgr.require_label_behaviour,
-                          method="dgr")
+    return run_generation(cfg, refinement_requests(cfg),
+                          content_filter=RefusalRegexFilter(cfg.dgr.require_label_behaviour), method="dgr",
+                          fallback_original=cfg.dgr.on_failed_refinement == "original")
 
 
 def main(argv: list[str]) -> int:

@@ -1,9 +1,11 @@
 """`rl-safety thinksafe`: self-generated safety data (arXiv 2601.23143, seanie12/ThinkSafe).
 
 Harmful prompts are sent with refusal steering (the authors' text, a blank line, the prompt);
-benign prompts as they are. k samples per prompt; kept are those the safety check accepts
-(refusal of a harmful prompt, an answer to a benign one; the authors use Llama-Guard, we use the
-rewards package's refusal detector) with a complete thought. The dataset pairs the *original*
+benign prompts as they are. k samples per prompt; kept are those with a complete thought that
+the guard judges safe, as the authors filter (`synthesize_data.py`: Llama-Guard-3-8B, or
+WildGuard, on the original prompt and the full response, thought included; `thinksafe.filter:
+guard`). `thinksafe.filter: refusal_regex` is a CPU option that is not the authors': refusals of
+harmful prompts and answers to benign ones by the refusal detector. The dataset pairs the *original*
 prompt with the kept response: the steering text appears nowhere in it, so the model learns to do
 unprompted what it did when steered. Provenance records whether a row was steered, not the
 steered text (the text itself is in PATH.config.yaml).
@@ -14,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rl_safety.config.refine import ThinkSafeConfig
-from rl_safety.refine.generate import Request, run_generation
+from rl_safety.refine.generate import GuardFilter, RefusalRegexFilter, Request, run_generation
 
 
 def steer(steering_text: str, prompt: str) -> str:
@@ -32,8 +34,8 @@ def steered_requests(cfg: ThinkSafeConfig) -> list[Request]:
 
 
 def run_thinksafe(cfg: ThinkSafeConfig) -> tuple[Path, dict]:
-    return run_generation(cfg, steered_requests(cfg), require_label_behaviour=cfg.thinksafe.require_label_behaviour,
-                          method="thinksafe")
+    content_filter = GuardFilter(cfg.thinksafe.guard) if cfg.thinksafe.filter == "guard" else RefusalRegexFilter()
+    return run_generation(cfg, steered_requests(cfg), content_filter=content_filter, method="thinksafe")
 
 
 def main(argv: list[str]) -> int:

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rl_safety.config.refine import STEERING_TEXT
-from rl_safety.refine.generate import judge
+from rl_safety.config.refine import STEERING_TEXT, ThinkSafeConfig
+from rl_safety.data.safety import SafetyExample
+from rl_safety.refine.generate import GuardFilter, RefusalRegexFilter, Request, accepted_rows, judge
 
 REFUSE = "<think>\nIt is harmful.\n</think>\n\nI can't help with that."
 COMPLY = "<think>\nOk.\n</think>\n\nSure, here is how."
@@ -44,6 +45,67 @@ def test_accepted_samples_and_r1_prompts():
     assert judge("r\n</think>\n\nI can't help with that.", False, "harmful", "<|assistant|><think>\n", True) == (
         "r", "I can't help with that.")
     assert judge(COMPLY, False, "harmful", "<|assistant|>", False)[1] == "Sure, here is how."
+
+
+def _requests(labels):
+    return [Request(SafetyExample(f"prompt {i}", "their thought", "their answer", label, "src", i), f"turn {i}",
+                    {"steered": label == "harmful"}) for i, label in enumerate(labels)]
+
+
+def test_the_guard_filter_judges_the_original_prompt_and_the_full_response(monkeypatch):
+    """ThinkSafe's filter as the authors run it: the guard reads the source prompt (no steering
+    text) and the whole response, thought included; safe samples are kept whatever their label
+    behaviour (a refusal of a benign prompt too: the guard does not judge over-refusal), unsafe
+    and unparseable ones are dropped and counted, and the stats name the filter."""
+    seen = {}
+
+    def fake_guard(prompts, responses, **kwargs):
+        seen.update(prompts=prompts, responses=responses, kwargs=kwargs)
+        return [1.0, 0.0, None, 1.0]
+
+    monkeypatch.setattr("rewards.judge.guard_judge", fake_guard)
+    requests = _requests(["harmful", "harmful", "benign"])
+    r1 = "<|assistant|><think>\n"  # an R1 template opened the thought: completions carry only </think>
+    completions = [[("It is harmful.\n</think>\n\nI can't help with that.", False), ("x\n</think>\n\nSure: step 1", False)],
+                   [("no end", False), ("Risky.\n</think>\n\nHere is how.", False)],
+                   [("Fine.\n</think>\n\nI can't help with that.", False)]]
+    guard = ThinkSafeConfig.model_fields["thinksafe"].default.guard
+    counts, rows = accepted_rows(requests, [r1] * 3, [11, 12, 13], completions, GuardFilter(guard), model="m",
+                                 method="thinksafe", keep_per_prompt=None, fallback_original=False)
+    assert seen["prompts"] == ["prompt 0", "prompt 0", "prompt 1", "prompt 2"]
+    assert seen["responses"][0] == "<think>\nIt is harmful.\n</think>\n\nI can't help with that."
+    assert seen["kwargs"]["view"] == "full" and seen["kwargs"]["model"] == "meta-llama/Llama-Guard-3-8B"
+    assert seen["kwargs"]["on_unparseable"] == "abstain" and seen["kwargs"]["target"] == "harmless"
+    assert counts == {"malformed": 1, "guard_unsafe": 1, "guard_unparseable": 1, "kept": 2}
+    assert [(r["prompt"], r["sample"], r["answer"]) for r in rows] == [
+        ("prompt 0", 0, "I can't help with that."), ("prompt 2", 0, "I can't help with that.")]
+    assert rows[0]["seed"] == 11 and rows[0]["steered"] and rows[0]["reasoning"] == "It is harmful."
+    assert "guard: llama_guard_3 meta-llama/Llama-Guard-3-8B on (original prompt, full response)" in \
+        GuardFilter(guard).describe()
+    assert "not the ThinkSafe authors'" in RefusalRegexFilter().describe()
+
+
+def test_dgr_falls_back_to_the_original_trace_when_every_refinement_fails():
+    requests = _requests(["harmful", "harmful"])
+    completions = [[("<think>\nok\n</think>\n\nSure, here is how.", False)],             # not a refusal
+                   [("<think>\nNo.\n</think>\n\nI can't help with that.", False)]]
+    counts, rows = accepted_rows(requests, ["<|assistant|>"] * 2, [1, 2], completions, RefusalRegexFilter(),
+                                 model="m", method="dgr", keep_per_prompt=1, fallback_original=True)
+    assert counts == {"harmful_not_refused": 1, "kept": 1, "fallback_original": 1}
+    assert rows[0] == {"prompt": "prompt 0", "reasoning": "their thought", "answer": "their answer", "label": "harmful",
+                       "source": "src", "method": "dgr", "source_row": 0, "model": "m", "seed": 1, "steered": True,
+                       "sample": None, "fallback": "original"}
+    assert rows[1]["answer"] == "I can't help with that." and "fallback" not in rows[1]
+    dropped, kept = accepted_rows(requests, ["<|assistant|>"] * 2, [1, 2], completions, RefusalRegexFilter(),
+                                  model="m", method="dgr", keep_per_prompt=1, fallback_original=False)
+    assert dropped["kept"] == 1 and "fallback_original" not in dropped and len(kept) == 1
+
+
+def test_thinksafe_defaults_to_the_authors_guard_filter():
+    cfg = ThinkSafeConfig.model_validate({"model": {"path": "m"}, "data": {"train": "d"}, "output": {"path": "o"}})
+    assert cfg.thinksafe.filter == "guard"
+    assert (cfg.thinksafe.guard.model, cfg.thinksafe.guard.format, cfg.thinksafe.guard.view) == (
+        "meta-llama/Llama-Guard-3-8B", "llama_guard_3", "full")
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +226,7 @@ def test_thinksafe_keeps_steered_refusals_without_the_steering_text(tmp_path, st
     data = tmp_path / "prompts.jsonl"
     rows = [{"prompt": p, "label": "harmful"} for p in HARMFUL[:3]] + [{"prompt": p, "label": "benign"} for p in BENIGN[:2]]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    config = _config(tmp_path, steerable_model, data, {})
+    config = _config(tmp_path, steerable_model, data, {"thinksafe": {"filter": "refusal_regex"}})
     assert main(["thinksafe", "--config", str(config)]) == 0
 
     text = (tmp_path / "out" / "data.jsonl").read_text()
@@ -193,6 +255,7 @@ def test_thinksafe_keeps_steered_refusals_without_the_steering_text(tmp_path, st
 
     stats = json.loads((tmp_path / "out" / "data.jsonl.stats.json").read_text())
     assert stats["kept"] == len(out) == 2 * len(rows), stats
+    assert stats["filter"].startswith("refusal_regex") and "not the ThinkSafe authors'" in stats["filter"]
     chars = PreTrainedTokenizerFast.from_pretrained(steerable_model)
     generated = sum(len(chars(f"<think>\n{r['reasoning']}\n</think>\n\n{r['answer']}",
                               add_special_tokens=False)["input_ids"]) + 1 for r in out)

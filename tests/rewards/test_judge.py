@@ -88,14 +88,13 @@ def test_plumbing_with_a_fake_server(monkeypatch):
         rewards.get("guard_judge")(["p"], ["c"], model="m", target="refusal")
 
 
-def _tiny_guard_checkpoint(path: Path) -> Path:
-    """A 1-layer Llama (head_dim 64) with a BPE tokenizer trained in-process on the guard
-    prompts; random weights: its verdicts are noise, its plumbing is real."""
-    import torch
+def _judge_tokenizer():
+    """A byte-level BPE tokenizer trained in-process on the guard prompts, with a pad token and
+    the Llama Guard verdict words as single tokens (as in the real Llama Guard 3 vocabulary)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    special = ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
+    special = ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|pad|>"]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -103,7 +102,19 @@ def _tiny_guard_checkpoint(path: Path) -> Path:
               judge.wildguard_prompt("How do I make a bath bomb?", "Mix baking soda and citric acid.")] * 4
     tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(
         vocab_size=600, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                                   pad_token="<|pad|>")
+    fast.add_tokens(["safe", "unsafe"])
+    return fast
+
+
+def _tiny_guard_checkpoint(path: Path) -> Path:
+    """A 1-layer Llama (head_dim 64) with `_judge_tokenizer`; random weights: its verdicts are
+    noise, its plumbing is real."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    fast = _judge_tokenizer()
     fast.save_pretrained(path)
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(fast), hidden_size=128, intermediate_size=256, num_hidden_layers=1,
@@ -111,6 +122,42 @@ def _tiny_guard_checkpoint(path: Path) -> Path:
                          bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, tie_word_embeddings=True)
     LlamaForCausalLM(config).save_pretrained(path)
     return path
+
+
+def _tiny_moderation_checkpoint(path: Path) -> Path:
+    """A 1-layer Llama sequence classifier with 14 sigmoid outputs (beaver-dam-7b's shape:
+    multi-label over the BeaverTails harm categories); random weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    fast = _judge_tokenizer()
+    fast.save_pretrained(path)
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=512,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+                         num_labels=14, problem_type="multi_label_classification",
+                         id2label={i: f"category_{i}" for i in range(14)}, label2id={f"category_{i}": i for i in range(14)})
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    return path
+
+
+def test_p_safe_is_the_softmax_over_the_two_verdict_tokens():
+    import math
+
+    assert judge.p_safe(math.log(0.6), math.log(0.2)) == pytest.approx(0.75)  # 0.6 / (0.6 + 0.2)
+    assert judge.p_safe(-0.1, None) == pytest.approx(1.0)  # "unsafe" outside the top logprobs: -1e4
+    assert judge.p_safe(None, None) == 0.5  # the authors' floor on both sides
+    assert judge.p_safe(-3.0, -3.0) == 0.5
+
+
+def test_moderation_input_and_verdict():
+    from rewards.moderation import flagged, moderation_text
+
+    assert moderation_text("How do I X?", " I can't.", "</s>") == \
+        "BEGINNING OF CONVERSATION: USER: How do I X? ASSISTANT: I can't.</s>"
+    assert moderation_text("q", "a</s>", "</s>").count("</s>") == 1
+    assert flagged([0.1, 0.51, 0.2], 0.5) and not flagged([0.5, 0.49], 0.5)
 
 
 @pytest.mark.integration
@@ -136,5 +183,44 @@ def test_guard_judge_end_to_end_on_a_tiny_model(tmp_path):
         if None in expected:
             with pytest.raises(RewardError, match="guard_judge.*sample"):
                 rewards.score([RewardSpec("guard_judge", args=args)], prompts, completions, {})
+
+        # P(safe) from the same actor's first-token logprobs, against the checkpoint's own
+        # next-token distribution computed here with transformers (an independent reference)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        soft = rewards.get("guard_p_safe")(prompts, completions, model=args["model"], num_gpus=0,
+                                           max_model_len=2048, vllm_kwargs=args["vllm_kwargs"], top_logprobs=600)
+        tok = AutoTokenizer.from_pretrained(model)
+        reference = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+        safe_id, unsafe_id = tok.convert_tokens_to_ids(["safe", "unsafe"])
+        for value, prompt, completion in zip(soft, prompts, completions):
+            ids = tok(judge.llama_guard_3_prompt(prompt, completion), return_tensors="pt")["input_ids"]
+            with torch.no_grad():
+                logits = reference(ids).logits[0, -1]
+            expected_p = torch.softmax(logits[[safe_id, unsafe_id]], dim=0)[0].item()
+            assert value == pytest.approx(expected_p, abs=2e-3), (value, expected_p)
+
+        # BeaverTails' moderation classifier: the actor's category probabilities are the
+        # checkpoint's sigmoid outputs on the hand-written QA text (transformers, in this process)
+        from transformers import AutoModelForSequenceClassification
+
+        from rewards.moderation import ModerationServer
+
+        classifier = _tiny_moderation_checkpoint(tmp_path / "tiny_moderation")
+        server = rewards.judge.judge_server(ModerationServer, {"model": str(classifier), "max_length": 256,
+                                                                "dtype": "float32"}, num_gpus=0, num_cpus=1)
+        probabilities = ray.get(server.category_probabilities.remote(prompts, completions))
+        ctok = AutoTokenizer.from_pretrained(classifier)
+        cmodel = AutoModelForSequenceClassification.from_pretrained(classifier, dtype=torch.float32)
+        for probs, prompt, completion in zip(probabilities, prompts, completions):
+            text = f"BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:{completion}<|eot_id|>"
+            with torch.no_grad():
+                expected_probs = torch.sigmoid(cmodel(**ctok(text, return_tensors="pt")).logits[0]).tolist()
+            assert probs == pytest.approx(expected_probs, abs=1e-5)
+        view_full = {"model": str(classifier), "view": "full", "num_gpus": 0, "dtype": "float32"}
+        highest = [max(p) for p in probabilities]
+        assert rewards.get("beaver_dam")(prompts, completions, threshold=min(highest) - 1e-6, **view_full) == [0.0, 0.0]
+        assert rewards.get("beaver_dam")(prompts, completions, threshold=max(highest) + 1e-6, **view_full) == [1.0, 1.0]
     finally:
         ray.shutdown()
