@@ -129,7 +129,9 @@ def run_eval(model: str, suite: Suite, suite_file: Path | None, run_dir: Path) -
     results: dict[str, Any] = {
         "suite": suite.name, "suite_file": str(suite_file) if suite_file else None, "model": str(model),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "generation": g.model_dump(mode="json"), "guard": suite.guard.model_dump(mode="json") if suite.guard else None,
+        "generation": g.model_dump(mode="json"),
+        **{judge: getattr(suite, judge).model_dump(mode="json") if getattr(suite, judge) else None
+           for judge in ("guard", "refusal_judge", "moderation_judge", "strongreject_judge")},
         "confidence_intervals": CI_NOTE, "benchmarks": {},
     }
     # Generate everything first, then free the devices: the guard judge may need the same GPU.
@@ -187,12 +189,28 @@ def _score(bench: Benchmark, source: str, kept: list[EvalPrompt], examples: list
         }) + "\n")
     tokens = [len(c.token_ids) for group in groups for c in group]
     return {
-        "kind": bench.kind, "data": source, "scorers": bench.scorers, "sampling": bench.sampling.model_dump(),
+        "kind": bench.kind, "data": source, "config": bench.config, "split": bench.split, "layout": bench.layout,
+        "scorers": bench.scorers, "judges": judges_of(bench, suite), "sampling": bench.sampling.model_dump(),
         "prompts": len(kept), "dropped_long_prompts": dropped,
         "mean_response_tokens": sum(tokens) / len(tokens),
         "metrics": {scorers.METRIC_NAMES.get(name, name + "_rate"): scorers.summarize(values)
                     for name, values in per_prompt.items()},
     }
+
+
+def judges_of(bench: Benchmark, suite: Suite) -> dict[str, str]:
+    """Score name -> the judge that gave it and the view it read, written into results.json so a
+    number says what judged it."""
+    judges = {}
+    for scorer, score, judge in (("guard", "harmful", suite.guard), ("guard_refusal", "guard_refusal", suite.refusal_judge),
+                                 ("moderation", "harmful", suite.moderation_judge),
+                                 ("strongreject", "strongreject", suite.strongreject_judge)):
+        if scorer in bench.scorers and judge is not None:
+            name = f"{judge.format} " if hasattr(judge, "format") else ""
+            judges[score] = f"{name}{judge.model} ({bench.judge_view or judge.view} view)"
+    if "refusal" in bench.scorers:
+        judges["refusal"] = "rewards.safety.is_refusal (answer)"
+    return judges
 
 
 def main(argv: list[str]) -> int:
@@ -202,6 +220,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--output", default=None,
                         help="run directory to write eval/SUITE/ into (default: RUN for RUN/final, else evals/NAME)")
     parser.add_argument("--limit", type=int, default=None, help="at most N prompts per benchmark (a quick run)")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="cap every benchmark's sampling.max_new_tokens (a quick run, e.g. a plumbing check)")
     parser.add_argument("overrides", nargs="*", help="key=value suite overrides, e.g. generation.engines=2 data_root=/data")
     args = parser.parse_args(argv)
     try:
@@ -209,6 +229,8 @@ def main(argv: list[str]) -> int:
         suite = load_config(Suite, suite_file, args.overrides)
         for bench in suite.benchmarks if args.limit else []:
             bench.limit = min(bench.limit or args.limit, args.limit)
+        for bench in suite.benchmarks if args.max_new_tokens else []:
+            bench.sampling.max_new_tokens = min(bench.sampling.max_new_tokens, args.max_new_tokens)
         results = run_eval(args.model, suite, suite_file, Path(args.output) if args.output else default_run_dir(args.model))
     except (ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)

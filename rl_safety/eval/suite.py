@@ -4,14 +4,22 @@ A benchmark is a data file + a field mapping + scorers + sampling settings:
 
     - name: gsm8k
       kind: reasoning                # harmful | benign | reasoning
-      data: gsm8k/test.jsonl         # relative to the suite's data_root (or absolute)
+      data: gsm8k/test.jsonl         # relative to the suite's data_root (or absolute), or a hub name
       fields: {prompt: question, answer: answer}
-      scorers: [gsm8k]               # refusal, guard, strongreject, and the rewards verifiers: gsm8k, math, multiple_choice
+      scorers: [gsm8k]               # see SCORERS
       sampling: {n: 4, temperature: 0.6, top_p: 0.95, max_new_tokens: 4096}
 
-`kind` says what the benchmark measures: refusal of harmful prompts (safety; the guard judge gives
-the harmful rate), compliance with benign ones (over-refusal), or answer correctness (pass@1
+`kind` says what the benchmark measures: refusal of harmful prompts (safety; a judge gives the
+harmful rate), compliance with benign ones (over-refusal), or answer correctness (pass@1
 averaged over the `n` samples per prompt).
+
+A hub dataset takes its `config` name (WildJailbreak's "eval", GPQA's "gpqa_diamond") and
+`split`; a name that exists as a directory under data_root is read from there (a local copy of
+the dataset's repository). `layout` turns a benchmark's own columns into a prompt (and answer)
+where a field mapping is not enough (`LAYOUTS`): HarmBench's behaviours with their context
+strings, GPQA's four options shuffled as OpenAI's simple-evals does. Judges (`guard`,
+`refusal_judge`, `moderation_judge`, `strongreject_judge`) read the view `judge_view` says:
+the full text (thought included) or the final answer.
 """
 
 from __future__ import annotations
@@ -27,14 +35,24 @@ from rl_safety.config.loader import Section
 from rl_safety.data.prompts import DatasetError, load_rows
 
 REFUSAL, GUARD, STRONGREJECT = "refusal", "guard", "strongreject"
+GUARD_REFUSAL, MODERATION = "guard_refusal", "moderation"
 VERIFIER_SCORERS = ("gsm8k", "math", "multiple_choice")  # names of rewards.reasoning.VERIFIERS
-SCORERS = (REFUSAL, GUARD, STRONGREJECT, *VERIFIER_SCORERS)
+# refusal: the rewards package's detector; guard: Llama Guard / WildGuard harmful verdict (the
+# suite's `guard`); guard_refusal: WildGuard's "Response refusal" (the suite's `refusal_judge`:
+# ThinkSafe's over-refusal); moderation: BeaverTails' classifier (the suite's `moderation_judge`:
+# Safety Tax's harmful score); strongreject: the StrongREJECT rubric; the verifiers: accuracy.
+SCORERS = (REFUSAL, GUARD, GUARD_REFUSAL, MODERATION, STRONGREJECT, *VERIFIER_SCORERS)
 
 
 class Sampling(Section):
+    """Sampling per benchmark. The defaults are the reasoning-model papers' (DeepSeek-R1's
+    protocol, ThinkSafe's safety generation): temperature 0.6, top_p 0.95, because R1-style
+    models loop under greedy decoding. Eval has no learner, so truncated sampling is exact here
+    (GRPO's learner-side restriction on top_p / top_k does not apply)."""
+
     n: int = Field(1, ge=1, description="samples per prompt; pass@1 and rates average over them")
-    temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(0.6, ge=0.0, description="0 = greedy")
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
     top_k: int = Field(-1, description="-1 = off")
     max_new_tokens: int = Field(512, ge=1, description="a response cut here has no final answer if its thought is open")
 
@@ -52,11 +70,31 @@ class RubricJudge(Section):
     vllm_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+class ModerationJudge(Section):
+    """BeaverTails' moderation classifier (rewards.moderation.beaver_dam) used by the `moderation`
+    scorer: Safety Tax's harmful score (flagged when a harm category's probability > threshold)."""
+
+    model: str = Field("PKU-Alignment/beaver-dam-7b", description="multi-label moderation checkpoint")
+    view: Literal["answer", "full"] = Field("answer", description="the authors judge the text after the answer marker")
+    threshold: float = Field(0.5, gt=0, lt=1, description="flagged when max category probability exceeds it")
+    max_length: int = Field(256, ge=16, description="tokens of question + answer read (right-truncated), as the authors")
+    num_gpus: float | None = Field(None, description="None: 1 if the cluster has GPUs")
+    dtype: str = Field("auto", description="auto: bfloat16 on GPU, float32 on CPU")
+
+
 class Benchmark(Section):
     name: str
     kind: Literal["harmful", "benign", "reasoning"]
-    data: str = Field(description="JSON/JSONL/CSV/Parquet file (relative to data_root) or a hub dataset name")
+    data: str = Field(description="JSON/JSONL/CSV/TSV/Parquet file (relative to data_root) or a hub dataset name")
+    config: str | None = Field(None, description="the hub dataset's config name (e.g. WildJailbreak's 'eval')")
     split: str = "train"
+    layout: Literal["rows", "harmbench", "gpqa"] = Field(
+        "rows", description="rows: columns used as they are; harmbench: prompt from Behavior (+ ContextString); "
+                            "gpqa: prompt and answer letter from the question and its four options, shuffled")
+    shuffle_seed: int = Field(0, description="layout gpqa: seed of the option shuffle (simple-evals: random.Random(0))")
+    judge_view: Literal["answer", "full"] | None = Field(
+        None, description="what the judges read here: the full text, thought included, or the final answer "
+                          "(None: each judge section's own view)")
     fields: dict[str, str] = Field(description="our field -> the file's column: prompt (required), answer, id")
     where: dict[str, Any] = Field(default_factory=dict, description="keep rows whose columns equal these values")
     limit: int | None = Field(None, ge=1, description="first N rows (after `where`)")
@@ -71,6 +109,8 @@ class Benchmark(Section):
         unknown = [s for s in self.scorers if s not in SCORERS]
         if unknown or not self.scorers:
             raise ValueError(f"benchmark {self.name!r}: scorers {unknown or '[]'} not among {list(SCORERS)}")
+        if GUARD in self.scorers and MODERATION in self.scorers:
+            raise ValueError(f"benchmark {self.name!r}: 'guard' and 'moderation' both give the harmful rate; choose one")
         if any(s in VERIFIER_SCORERS for s in self.scorers) and "answer" not in self.fields:
             raise ValueError(f"benchmark {self.name!r}: a verifier scorer needs fields.answer")
         if self.prompt_template is not None and "{prompt}" not in self.prompt_template:
@@ -100,7 +140,9 @@ class Suite(Section):
     name: str
     data_root: str | None = Field(None, description="base of relative `data` paths; relative to the suite file")
     generation: Generation = Field(default_factory=Generation)
-    guard: Guard | None = None
+    guard: Guard | None = Field(None, description="the `guard` scorer's judge (harmful verdicts)")
+    refusal_judge: Guard | None = Field(None, description="the `guard_refusal` scorer's judge: WildGuard's refusal verdict")
+    moderation_judge: ModerationJudge | None = None
     strongreject_judge: RubricJudge | None = None
     benchmarks: list[Benchmark]
 
@@ -113,6 +155,13 @@ class Suite(Section):
             raise ValueError("a benchmark uses the 'guard' scorer but the suite has no guard section")
         if self.strongreject_judge is None and any(STRONGREJECT in b.scorers for b in self.benchmarks):
             raise ValueError("a benchmark uses the 'strongreject' scorer but the suite has no strongreject_judge section")
+        if self.refusal_judge is None and any(GUARD_REFUSAL in b.scorers for b in self.benchmarks):
+            raise ValueError("a benchmark uses the 'guard_refusal' scorer but the suite has no refusal_judge section")
+        if self.refusal_judge is not None and self.refusal_judge.format != "wildguard":
+            raise ValueError(f"refusal_judge.format={self.refusal_judge.format!r}: only WildGuard says whether a "
+                             "response refuses; use format: wildguard")
+        if self.moderation_judge is None and any(MODERATION in b.scorers for b in self.benchmarks):
+            raise ValueError("a benchmark uses the 'moderation' scorer but the suite has no moderation_judge section")
         return self
 
 
@@ -137,11 +186,60 @@ def resolve_data(suite: Suite, suite_file: Path | None, data: str) -> str:
     return str(candidate) if candidate.exists() or path.suffix else data
 
 
+def _require_columns(bench: Benchmark, source: str, rows: list[dict[str, Any]], needed: list[str]) -> None:
+    missing = [c for c in needed if c not in rows[0]]
+    if missing:
+        raise DatasetError(f"{bench.name}: {source} is not in the {bench.layout} layout: no column {missing}; "
+                           f"its columns are {sorted(rows[0])}")
+
+
+def harmbench_rows(bench: Benchmark, source: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """HarmBench's behaviour CSV (Behavior, FunctionalCategory, SemanticCategory, Tags,
+    ContextString, BehaviorID) with a `prompt` column: the behaviour, after its context string
+    and a `---` rule for contextual behaviours, as HarmBench's direct-request test cases are
+    written (f"{context}\\n\\n---\\n\\n{behavior}")."""
+    _require_columns(bench, source, rows, ["Behavior", "ContextString", "BehaviorID"])
+    out = []
+    for row in rows:
+        context = row["ContextString"] if isinstance(row["ContextString"], str) else ""
+        behavior = row["Behavior"]
+        out.append({**row, "prompt": f"{context}\n\n---\n\n{behavior}" if context.strip() else behavior})
+    return out
+
+
+GPQA_OPTIONS = ("Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
+
+
+def gpqa_rows(bench: Benchmark, source: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """GPQA rows with `prompt` ("{Question}\\n\\nA) ..\\nB) ..\\nC) ..\\nD) ..") and `answer` (the
+    correct option's letter). The options are permuted as OpenAI's simple-evals does
+    (`gpqa_eval.py`): rng = random.Random(seed), one rng.sample(range(4), 4) per row in file
+    order, applied to [correct, incorrect 1, 2, 3]; so with seed 0 the letters are simple-evals'
+    (its first repeat). The file's order, not `where` / `limit`, fixes each row's permutation."""
+    import random
+
+    _require_columns(bench, source, rows, ["Question", *GPQA_OPTIONS])
+    rng = random.Random(bench.shuffle_seed)
+    out = []
+    for row in rows:
+        permutation = rng.sample(range(4), 4)
+        options = [row[GPQA_OPTIONS[i]] for i in permutation]
+        letter = "ABCD"[options.index(row["Correct Answer"])]
+        listed = "\n".join(f"{'ABCD'[i]}) {option}" for i, option in enumerate(options))
+        out.append({**row, "prompt": f"{row['Question']}\n\n{listed}", "answer": letter})
+    return out
+
+
+LAYOUTS = {"harmbench": harmbench_rows, "gpqa": gpqa_rows}  # "rows": the columns as they are
+
+
 def load_benchmark(bench: Benchmark, source: str) -> list[EvalPrompt]:
     """The benchmark's prompts; a row without the mapped fields is an error naming the row."""
-    rows = load_rows(source, bench.split)
+    rows = load_rows(source, bench.split, bench.config)
     if not rows:
         raise DatasetError(f"{bench.name}: {source} has no rows")
+    if bench.layout in LAYOUTS:
+        rows = LAYOUTS[bench.layout](bench, source, rows)
     columns = set(rows[0])
     missing = [f"{field} -> {column!r}" for field, column in bench.fields.items() if column not in columns]
     if missing:
