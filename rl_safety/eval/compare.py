@@ -116,6 +116,7 @@ def load_method(run_dir: Path, suite: str | None) -> Method:
         "harmful_rate": _aggregate(b, "harmful", "harmful_rate"),
         "strongreject": _aggregate(b, "harmful", "strongreject_score"),
         "over_refusal": _aggregate(b, "benign", "refusal_rate"),
+        "over_refusal_judge": _aggregate(b, "benign", "guard_refusal_rate"),
         "benign_compliance": _aggregate(b, "benign", "compliance_rate"),
         "reasoning": _aggregate(b, "reasoning", "accuracy"),
     }
@@ -162,16 +163,31 @@ def _fmt_count(x: float | None) -> str:
     return f"{x:.0f}"
 
 
-def _delta(value: float | None, base: float | None) -> str:
-    if value is None or base is None:
+def delta(method: Aggregate, base: Aggregate) -> Aggregate:
+    """method - base with an approximate 95% interval: each side's margins combined as
+    independent errors (the lower bound takes the method's lower and the base's upper margin)."""
+    if method.value is None or base.value is None:
+        return Aggregate(None)
+    value = method.value - base.value
+    if method.low is None or base.low is None:
+        return Aggregate(value)
+    below = math.hypot(method.value - method.low, base.high - base.value)
+    above = math.hypot(method.high - method.value, base.value - base.low)
+    return Aggregate(value, value - below, value + above)
+
+
+def _delta(method: Aggregate, base: Aggregate) -> str:
+    d = delta(method, base)
+    if d.value is None:
         return "–"
-    return f"{(value - base) * 100:+.1f}"
+    interval = f" [{d.low * 100:+.1f}, {d.high * 100:+.1f}]" if d.low is not None else ""
+    return f"{d.value * 100:+.1f}{interval}"
 
 
 def tables(methods: list[Method], base: Method | None) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
     """(headers, rows) of the main table and of the per-benchmark table."""
-    headers = ["method", "kind", "safety: refusal on harmful ↑", "harmful rate (guard) ↓", "StrongREJECT score ↓",
-               "over-refusal ↓",
+    headers = ["method", "kind", "safety: refusal on harmful ↑", "harmful rate (judge) ↓", "StrongREJECT score ↓",
+               "over-refusal ↓", "over-refusal (WildGuard) ↓",
                "benign answered ↑", "reasoning ↑", "safety tax: Δ reasoning (pts)", "Δ over-refusal (pts)", "Δ safety (pts)",
                "train device-h", "train device", "train FLOPs (est.)", "tokens generated", "tokens trained",
                "train wall (min)", "eval device-h"]
@@ -183,11 +199,11 @@ def tables(methods: list[Method], base: Method | None) -> tuple[list[str], list[
         rows.append([
             m.label + (" (base)" if m is base else ""), m.kind,
             m.metrics["safety_refusal"].text(), m.metrics["harmful_rate"].text(), m.metrics["strongreject"].text(),
-            m.metrics["over_refusal"].text(),
+            m.metrics["over_refusal"].text(), m.metrics["over_refusal_judge"].text(),
             m.metrics["benign_compliance"].text(), m.metrics["reasoning"].text(),
-            _delta(m.metrics["reasoning"].value, b["reasoning"].value) if base else "–",
-            _delta(m.metrics["over_refusal"].value, b["over_refusal"].value) if base else "–",
-            _delta(m.safety_score.value, base.safety_score.value) if base else "–",
+            _delta(m.metrics["reasoning"], b["reasoning"]) if base else "–",
+            _delta(m.metrics["over_refusal"], b["over_refusal"]) if base else "–",
+            _delta(m.safety_score, base.safety_score) if base else "–",
             f"{m.training('device_hours'):.4g}" if m.cost else "0",
             f"{devices.get('count', '')}× {devices.get('name', '')}" if devices else "–",
             _fmt_count(m.training("flops")) if m.cost else "0",
@@ -207,8 +223,8 @@ def tables(methods: list[Method], base: Method | None) -> tuple[list[str], list[
                 row.append("–")
                 continue
             parts = []
-            for metric in ("accuracy", "refusal_rate", "compliance_rate", "harmful_rate", "strongreject_score",
-                           "no_answer_rate"):
+            for metric in ("accuracy", "refusal_rate", "guard_refusal_rate", "compliance_rate", "harmful_rate",
+                           "safe_at_k", "cons_safe_at_k", "strongreject_score", "no_answer_rate"):
                 s = bench["metrics"].get(metric)
                 if s and s["value"] is not None:
                     parts.append(f"{metric.removesuffix('_rate')} {s['value'] * 100:.1f} "
@@ -240,11 +256,16 @@ def _notes(methods: list[Method], base: Method | None, suite: str) -> list[str]:
         "benchmark the interval "
         "is its own, with several the benchmarks' margins combined as independent errors (approximate).",
         (f"Safety tax: difference to the base model `{base.label}` in percentage points (negative Δ reasoning = "
-         "reasoning lost)." if base else "No base model among the runs: no safety tax (pass an eval-only run "
+         "reasoning lost), with an approximate 95% interval: the two runs' margins combined as independent "
+         "errors." if base else "No base model among the runs: no safety tax (pass an eval-only run "
          "directory of the base model, or --base)."),
         "Safety score (plots) = 1 - guard harmful rate where a guard judged, else refusal rate on harmful prompts.",
         "Device-hours = devices held x wall time. FLOPs are an estimate: 6·N·tokens trained + 2·N·tokens "
-        "generated / prefilled / forward-only (N = parameters); see each run's cost.json.",
+        "generated / prefilled / forward-only (N = parameters); see each run's cost.json. Costs are measured "
+        "once, not sampled: they carry no interval.",
+        "Per benchmark: safe_at_k / cons_safe_at_k are SafeChain's Safe@K (all k samples of a prompt judged "
+        "safe) and ConsSafe@K (more than half); guard_refusal is WildGuard's refusal verdict; harmful is the "
+        "benchmark's judge (guard or moderation model: results.json names it).",
     ]
 
 

@@ -67,12 +67,30 @@ def test_aggregates_tax_and_stage_costs(tmp_path):
     md = (out / "comparison.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| dgr |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[4] == "–"               # no StrongREJECT judge in these runs
-    assert cells[6].startswith("60.0")  # benign answered
-    assert cells[8] == "-10.0"   # safety tax: reasoning 40 vs the base's 50
-    assert cells[9] == "+20.0"   # over-refusal 30 vs 10
-    assert cells[10] == "+60.0"  # safety 90 vs 30
-    assert cells[11] == "5"      # device-hours, both stages
+    assert cells[4] == "–" and cells[6] == "–"  # no StrongREJECT judge, no WildGuard refusal judge in these runs
+    assert cells[7].startswith("60.0 [")  # benign answered, with its interval
+    # safety tax: reasoning 40 vs the base's 50, the interval from both runs' margins (hand-computed:
+    # each run's two benchmarks have margins 0.03 below / 0.04 above, combined as sqrt(2 d^2) / 2;
+    # the lower bound takes dgr's lower and the base's upper margin)
+    dgr_low, dgr_high = (2 * 0.03**2) ** 0.5 / 2, (2 * 0.04**2) ** 0.5 / 2
+    low = -0.10 - (dgr_low**2 + dgr_high**2) ** 0.5
+    high = -0.10 + (dgr_high**2 + dgr_low**2) ** 0.5
+    assert cells[9] == f"-10.0 [{low * 100:+.1f}, {high * 100:+.1f}]"
+    assert cells[10].startswith("+20.0 [")  # over-refusal 30 vs 10
+    assert cells[11].startswith("+60.0 [")  # safety 90 vs 30
+    assert cells[12] == "5"      # device-hours, both stages
+    # every quality cell of the table carries an interval
+    assert all("[" in cells[i] for i in (2, 5, 7, 8, 9, 10, 11))
+
+
+def test_delta_interval_combines_both_margins():
+    from rl_safety.eval.compare import Aggregate, delta
+
+    d = delta(Aggregate(0.7, 0.6, 0.75), Aggregate(0.5, 0.45, 0.58))
+    assert d.value == pytest.approx(0.2)
+    assert d.low == pytest.approx(0.2 - (0.1**2 + 0.08**2) ** 0.5)   # 0.7's lower margin, 0.5's upper
+    assert d.high == pytest.approx(0.2 + (0.05**2 + 0.05**2) ** 0.5)  # 0.7's upper margin, 0.5's lower
+    assert delta(Aggregate(None), Aggregate(0.5, 0.4, 0.6)).value is None
 
 
 def test_pareto_front():
