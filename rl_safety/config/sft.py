@@ -21,8 +21,8 @@ class SafetyDataSection(Section):
     """A safety dataset (rl_safety.data.safety), as SFT, DGR and ThinkSafe read it."""
 
     train: str = Field(description="JSON/JSONL/Parquet/CSV file or Hugging Face dataset name")
-    dataset: Literal["schema", "safechain", "small_safechain", "star1", "directrefusal", "directrefusal_text", "r1_act",
-                     "thinksafe"] = Field(
+    dataset: Literal["schema", "safechain", "small_safechain", "small_safechain_text", "star1", "directrefusal",
+                     "directrefusal_text", "r1_act", "thinksafe"] = Field(
         "schema", description="the data's layout (rl_safety.data.safety.DATASETS); schema = our DGR/ThinkSafe output")
     split: str = "train"
     columns: dict[str, str] = Field(default_factory=dict, description="override the mapping: {schema field: column}")

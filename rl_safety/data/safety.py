@@ -26,9 +26,9 @@ from where):
   from 1,000 BeaverTails rows): the example is the `refusal` column, "Question: <prompt>\nAnswer:
   <refusal>", and the thought is the fixed "I should not answer this question!" (ThinkSafe's
   loader and Safety-Tax's build script split it the same way).
-- directrefusal_text: the same dataset read from its `text` column, the s1-style rendering
-  Safety-Tax trains on (`<|im_start|>think\n I should not answer this question!<|im_start|>answer\n
-  Answer: <refusal>`); the answer keeps the "Answer: " prefix Safety-Tax gave it.
+- directrefusal_text and small_safechain_text: the same datasets read from their `text` column, the
+  s1-style rendering Safety-Tax trains on (`<|im_start|>think\n<thought><|im_start|>answer\nAnswer:
+  <answer>`); the answer keeps the "Answer: " prefix Safety-Tax gave it.
 - r1_act (`Yeonjun/R1-Act-train`, R1-Act's training code): `instruction`, `response` (appended to
   the R1-distill generation prompt, which already opened the thought). A label column is not
   known: every row is harmful unless a `label` column says otherwise.
@@ -131,7 +131,8 @@ class DatasetSpec:
     def expected(self, prompts_only: bool) -> str:
         """The layout in words, for an error that names what was expected."""
         if self.record is not None:
-            return f"a {self.record[0]!r} column"
+            label = f" and a label column {list(self.label)}" if self.fixed_label is None else ""
+            return f"a {self.record[0]!r} column{label}"
         parts = [f"a prompt column {list(self.prompt)}"]
         if not prompts_only:
             parts.append(f"a response column {list(self.response)}" if self.response
@@ -145,6 +146,7 @@ _SAFECHAIN = dict(prompt=("instruction",), response=("response",), label=("label
 DATASETS: dict[str, DatasetSpec] = {
     "safechain": DatasetSpec("UWNSL/SafeChain", **_SAFECHAIN),
     "small_safechain": DatasetSpec("TianshengHuang/Small_SafeChain", **_SAFECHAIN),
+    "small_safechain_text": DatasetSpec("TianshengHuang/Small_SafeChain", label=("label",), record=("text", parse_s1_text)),
     "star1": DatasetSpec("UCSC-VLAA/STAR-1", prompt=("question",), response=("response",), fixed_label="harmful"),
     "directrefusal": DatasetSpec("TianshengHuang/DirectRefusal", fixed_label="harmful",
                                  record=("refusal", parse_question_answer)),
@@ -284,7 +286,7 @@ def _check_layout(rows: list[Any], spec: DatasetSpec, columns: dict[str, str], p
     if first is None:
         return  # no object row at all: each row is reported as it is parsed
     if spec.record is not None and not columns:
-        wanted = [spec.record[0]]
+        wanted = [spec.record[0]] + ([_pick(first, spec.label, None)] if spec.fixed_label is None else [])
     else:
         wanted = [_pick(first, spec.prompt, columns.get("prompt"))]
         if not prompts_only:

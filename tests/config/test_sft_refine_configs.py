@@ -13,7 +13,10 @@ def _schema(path):
     return SCHEMAS.get(path.stem.split("_")[0])
 
 
-CONFIGS = sorted(p for p in [*(REPO / "configs").glob("*.yaml"), *(REPO / "configs" / "toy").glob("*.yaml")] if _schema(p))
+# The Safety Tax presets at 32B need ZeRO-3 in SFT (issue 12); tests/config/test_presets.py checks them.
+NEEDS_ZERO3 = {"sft_r1distill_qwen_32b_directrefusal_safetytax.yaml", "sft_r1distill_qwen_32b_small_safechain_safetytax.yaml"}
+CONFIGS = sorted(p for p in [*(REPO / "configs").glob("*.yaml"), *(REPO / "configs" / "toy").glob("*.yaml")]
+                 if _schema(p) and p.name not in NEEDS_ZERO3)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(REPO / "configs")) for p in CONFIGS])

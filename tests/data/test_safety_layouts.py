@@ -25,7 +25,8 @@ def rows(name):
 
 @pytest.mark.parametrize("dataset, fixture", [
     ("directrefusal", "directrefusal.jsonl"), ("directrefusal_text", "directrefusal.jsonl"),
-    ("safechain", "safechain.jsonl"), ("small_safechain", "small_safechain.jsonl"), ("r1_act", "r1_act.jsonl"),
+    ("safechain", "safechain.jsonl"), ("small_safechain", "small_safechain.jsonl"),
+    ("small_safechain_text", "small_safechain.jsonl"), ("r1_act", "r1_act.jsonl"),
     ("star1", "star1.json"), ("thinksafe", "thinksafe.json"),
 ])
 def test_every_layout_loads_its_fixture_with_zero_bad_rows(dataset, fixture):
@@ -58,6 +59,11 @@ def test_labels_come_from_each_datasets_own_column():
     assert safechain[0].reasoning.startswith("The user wants to forge") and safechain[0].answer.startswith("I can't")
     small, _ = load_safety_dataset("small_safechain", str(LAYOUTS / "small_safechain.jsonl"))
     assert {e.label for e in small} == {"harmful"}
+    rendered, _ = load_safety_dataset("small_safechain_text", str(LAYOUTS / "small_safechain.jsonl"))
+    for row, raw, text in zip(rows("small_safechain.jsonl"), small, rendered):
+        # the rendering keeps the thought; its answer is Safety-Tax's ("Answer: " + text after </think>).strip()
+        assert (text.prompt, text.reasoning) == (raw.prompt, raw.reasoning)
+        assert text.answer == ("Answer: " + row["response"].split("</think>")[1]).strip()
     thinksafe, _ = load_safety_dataset("thinksafe", str(LAYOUTS / "thinksafe.json"))
     assert [e.label for e in thinksafe] == ["harmful", "benign"]
     assert thinksafe[1].answer == "Run `kill PID`; use `kill -9 PID` if it ignores SIGTERM."
