@@ -54,9 +54,15 @@ class DGRSection(Section):
                             "external trace in its place (provenance fallback: original; counted in the stats)")
 
 
-# The ThinkSafe authors' filter model (synthesize_data.py, utils/guard_model.py). Its context must
-# hold the prompt, a 16,384-token response and the guard's own template.
-THINKSAFE_GUARD = Guard(model="meta-llama/Llama-Guard-3-8B", format="llama_guard_3", view="full", max_model_len=24576)
+class FilterGuard(Guard):
+    """The ThinkSafe filter's guard, with the authors' defaults (synthesize_data.py,
+    utils/guard_model.py): Llama-Guard-3-8B (WildGuard: format wildguard, model allenai/wildguard)
+    reading the full response; its context holds the prompt, a 16,384-token response and the
+    guard's own template."""
+
+    model: str = Field("meta-llama/Llama-Guard-3-8B", description="guard checkpoint: hub id or path")
+    view: Literal["answer", "full"] = Field("full", description="the authors judge the full response, thought included")
+    max_model_len: int = Field(24576, description="the judge's context: prompt + response + its template must fit")
 
 
 class ThinkSafeSection(Section):
@@ -66,8 +72,7 @@ class ThinkSafeSection(Section):
                              "thought included), the authors' filter; refusal_regex: a CPU option that is NOT the "
                              "authors', keeping refusals of harmful prompts and answers to benign ones "
                              "(rewards.safety.is_refusal on the answer)")
-    guard: Guard = Field(THINKSAFE_GUARD, description="the filter's guard (Llama Guard 3 by default, WildGuard "
-                                                      "with format: wildguard); used with filter: guard")
+    guard: FilterGuard = Field(default_factory=FilterGuard, description="the filter's guard; used with filter: guard")
 
 
 class GenerationConfig(Section):

@@ -305,3 +305,12 @@ def test_bad_refinement_template_and_context_overflow_fail_before_any_engine(tmp
     assert "max_position_embeddings=1024" in err
     # the generation's cost ledger starts with the engines: none was started
     assert not (tmp_path / "out" / "data.jsonl.cost.json").exists() and not (tmp_path / "out" / "data.jsonl").exists()
+
+
+def test_wildguard_filter_keeps_the_full_view():
+    from rl_safety.config import load_config
+
+    cfg = load_config(ThinkSafeConfig, None, ["model.path=m", "data.train=d", "output.path=o",
+                                              "thinksafe.guard.format=wildguard", "thinksafe.guard.model=allenai/wildguard"])
+    assert (cfg.thinksafe.guard.format, cfg.thinksafe.guard.model, cfg.thinksafe.guard.view) == (
+        "wildguard", "allenai/wildguard", "full")
