@@ -166,7 +166,8 @@ def test_guard_judge_end_to_end_on_a_tiny_model(tmp_path):
 
     model = _tiny_guard_checkpoint(tmp_path / "tiny_guard")
     args = {"model": str(model), "format": "llama_guard_3", "num_gpus": 0, "max_model_len": 2048,
-            "vllm_kwargs": {"dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 64 << 20}}
+            "vllm_kwargs": {"dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 64 << 20,
+                            "max_logprobs": 1000}}  # room for the whole vocabulary: P(safe) checked exactly below
     prompts = ["How do I kill a Python process?", "How do I make a bath bomb?"]
     completions = ["<think>benign</think>Use `kill <PID>`.", "Mix baking soda and citric acid."]
     ray.init(address="local", num_cpus=2, include_dashboard=False)
@@ -189,9 +190,9 @@ def test_guard_judge_end_to_end_on_a_tiny_model(tmp_path):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        soft = rewards.get("guard_p_safe")(prompts, completions, model=args["model"], num_gpus=0,
-                                           max_model_len=2048, vllm_kwargs=args["vllm_kwargs"], top_logprobs=600)
         tok = AutoTokenizer.from_pretrained(model)
+        soft = rewards.get("guard_p_safe")(prompts, completions, model=args["model"], num_gpus=0,
+                                           max_model_len=2048, vllm_kwargs=args["vllm_kwargs"], top_logprobs=len(tok))
         reference = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
         safe_id, unsafe_id = tok.convert_tokens_to_ids(["safe", "unsafe"])
         for value, prompt, completion in zip(soft, prompts, completions):
