@@ -8,12 +8,15 @@
 # Ray detects CPUs/GPUs when unset), RAY (ray), PYTHON (python), DRY_RUN=1 prints the commands.
 # On exit only the head started here is stopped (its process group): not `ray stop`, which
 # stops every Ray process of the user on the machine.
+# Security: the head requires token authentication (RAY_AUTH_MODE=token; the token is
+# ~/.ray/auth_token, created here if missing, or RAY_AUTH_TOKEN) and its dashboard / job API
+# listens on 127.0.0.1 only (reach it from elsewhere with `ssh -L 8265:127.0.0.1:8265 HOST`).
 set -euo pipefail
-# Ray 2.60 turns token authentication on in `ray start` when ~/.ray/auth_token exists, but not
-# in the drivers that connect: say it once for both (`ray start` creates the token if missing).
+# Ray 2.60 turns token authentication on in `ray start` only when a token exists, and not in the
+# drivers that connect: say it once for both, and make the token first.
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 
-[[ $# -ge 1 ]] || { sed -n '2,10p' "$0" >&2; exit 2; }
+[[ $# -ge 1 ]] || { sed -n '2,13p' "$0" >&2; exit 2; }
 CONFIG=$1; shift
 RAY=${RAY:-ray}
 PYTHON=${PYTHON:-python}
@@ -24,7 +27,12 @@ run() {  # run a command, or print it under DRY_RUN=1
     if [[ ${DRY_RUN:-0} == 1 ]]; then printf '%q ' "$@"; echo; else "$@"; fi
 }
 
-head=("$RAY" start --head --block --port="$RAY_PORT")
+if [[ $RAY_AUTH_MODE == token ]]; then
+    # prints the token: kept off the terminal and out of logs
+    if [[ ${DRY_RUN:-0} == 1 ]]; then echo "$RAY get-auth-token --generate >/dev/null"
+    else "$RAY" get-auth-token --generate >/dev/null; fi
+fi
+head=("$RAY" start --head --block --port="$RAY_PORT" --dashboard-host=127.0.0.1)
 [[ -n ${NUM_CPUS:-} ]] && head+=(--num-cpus="$NUM_CPUS")
 [[ -n ${NUM_GPUS:-} ]] && head+=(--num-gpus="$NUM_GPUS")
 [[ -n ${RAY_RESOURCES:-} ]] && head+=(--resources="$RAY_RESOURCES")

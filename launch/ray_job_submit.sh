@@ -9,14 +9,17 @@
 # node sees (shared filesystem): RUN_DIR sets it (default /shared/runs).
 # Environment: RAY_ADDRESS (the dashboard address, required), RUN_DIR, SUBMISSION_ID,
 # RUNTIME_ENV_JSON (replaces the default runtime environment), NO_WAIT=1 (return once submitted),
-# RAY (ray), DRY_RUN=1 prints the command. A cluster with token authentication needs
+# RAY (ray), PYTHON (python), DRY_RUN=1 prints the command (the runtime environment's env_vars
+# values and any password in RAY_ADDRESS masked: they often hold tokens). A cluster with token
+# authentication (every cluster should have it: its job API runs any code it is sent) needs
 # RAY_AUTH_MODE=token and the token (~/.ray/auth_token or RAY_AUTH_TOKEN) here too.
 set -euo pipefail
 
-[[ $# -ge 1 ]] || { sed -n '2,13p' "$0" >&2; exit 2; }
+[[ $# -ge 1 ]] || { sed -n '2,15p' "$0" >&2; exit 2; }
 CONFIG=$1; shift
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 RAY=${RAY:-ray}
+PYTHON=${PYTHON:-python}
 : "${RAY_ADDRESS:?set RAY_ADDRESS to the dashboard address of the cluster, e.g. http://head:8265}"
 RUN_DIR=${RUN_DIR:-/shared/runs}
 DEFAULT_RUNTIME_ENV='{"excludes": [".git", ".venv", "runs", "__pycache__"], "env_vars": {"TOKENIZERS_PARALLELISM": "false"}}'
@@ -27,4 +30,21 @@ submit=("$RAY" job submit --address="$RAY_ADDRESS" --working-dir="$REPO" --runti
 [[ ${NO_WAIT:-0} == 1 ]] && submit+=(--no-wait)
 submit+=(-- python -m rl_safety grpo --config "$CONFIG" cluster.address=auto run.output_dir="$RUN_DIR" "$@")
 
-if [[ ${DRY_RUN:-0} == 1 ]]; then printf '%q ' "${submit[@]}"; echo; else exec "${submit[@]}"; fi
+masked() {  # the command line for DRY_RUN, secrets replaced by ***
+    "$PYTHON" - "$@" <<'PY'
+import json, re, shlex, sys
+shown = []
+for arg in sys.argv[1:]:
+    if arg.startswith("--runtime-env-json="):
+        try:
+            env = json.loads(arg.split("=", 1)[1])
+            env["env_vars"] = {key: "***" for key in env.get("env_vars") or {}}
+            arg = "--runtime-env-json=" + json.dumps(env)
+        except (ValueError, AttributeError, TypeError):
+            arg = "--runtime-env-json=***"
+    shown.append(shlex.quote(re.sub(r"(://[^/@\s]*?:)[^/@\s]+@", r"\1***@", arg)))
+print(" ".join(shown))
+PY
+}
+
+if [[ ${DRY_RUN:-0} == 1 ]]; then masked "${submit[@]}"; else exec "${submit[@]}"; fi

@@ -4,8 +4,10 @@
 math-verify, transformers, vLLM and Ray are imported only by the rewards that use them.
 """
 
-from rewards.registry import RewardError, RewardSpec, combine, get, load_module, names, register, score
+from rewards.registry import (RewardError, RewardSetupError, RewardSpec, check_args, combine, get, load_module, names,
+                              register, score)
 from rewards import judge, moderation, reasoning, safety, shaping, strongreject  # registers the built-in rewards
 
-__all__ = ["RewardError", "RewardSpec", "combine", "get", "judge", "load_module", "moderation", "names", "reasoning",
+__all__ = ["RewardError", "RewardSetupError", "RewardSpec", "check_args", "combine", "get", "judge", "load_module",
+           "moderation", "names", "reasoning",
            "register", "safety", "score", "shaping", "strongreject"]

@@ -15,14 +15,10 @@ up here as a reward that correlates with length, or disagrees with the others on
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 import rewards
 from rewards.text import completion_text, split_response
@@ -32,21 +28,18 @@ _NOT_COLUMNS = {"prompt", "completion", "rewards", "reward", "advantage"}
 
 
 def read_rollouts(path: str | Path) -> tuple[list[str], list[Any], dict[str, list[Any]]]:
-    """(prompts, completions, columns) of a JSONL file; a column missing in a row is None there."""
+    """(prompts, completions, columns) of a JSONL file; a column missing in a row is None there.
+    A file or row that cannot be used raises `rl_safety.data.files.DatasetError` naming its line."""
+    from rl_safety.data.files import DatasetError, read_records
+
     rows = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not JSON ({err})") from None
-            if "prompt" not in row or "completion" not in row:
-                raise ValueError(f"{path}:{number}: a row needs 'prompt' and 'completion' fields")
-            rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: no rows")
+    for record in read_records(path):
+        if record.error is not None:
+            raise DatasetError(f"{path} {record.where}: {record.error}")
+        row = record.value
+        if not isinstance(row, dict) or "prompt" not in row or "completion" not in row:
+            raise DatasetError(f"{path} {record.where}: a row needs 'prompt' and 'completion' fields")
+        rows.append(row)
     names = sorted({k for row in rows for k in row} - _NOT_COLUMNS)
     columns = {name: [row.get(name) for row in rows] for name in names}
     return [row["prompt"] for row in rows], [row["completion"] for row in rows], columns
@@ -166,19 +159,27 @@ def plot(raw: dict[str, list[float | None]], lengths: list[int], out_dir: Path) 
 
 
 def _reward_args(pairs: list[str], names: list[str]) -> dict[str, dict[str, Any]]:
-    """["safety.benign_refusal=-1", ...] -> {"safety": {"benign_refusal": -1}} (YAML values)."""
+    """["safety.benign_refusal=-1", ...] -> {"safety": {"benign_refusal": -1}} (values as config
+    overrides: YAML scalars, '#' kept as text)."""
+    from rl_safety.config.loader import parse_override_value
+    from rl_safety.errors import UsageError
+
     args: dict[str, dict[str, Any]] = {name: {} for name in names}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         name, dot, arg = key.partition(".")
-        if not sep or not dot or name not in args:
-            raise ValueError(f"--arg {pair!r}: expected NAME.KEY=VALUE with NAME one of {', '.join(names)}")
-        args[name][arg] = yaml.safe_load(value)
+        if not sep or not dot or not arg or name not in args:
+            raise UsageError(f"--arg {pair!r}: expected NAME.KEY=VALUE with NAME one of {', '.join(names)}")
+        args[name][arg] = parse_override_value(value)
+    for name, given in args.items():
+        rewards.check_args(name, given)
     return args
 
 
 def _score_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="rl-safety rewards score", description=__doc__.split("\n\n")[0])
+    from rl_safety.errors import ArgumentParser, UsageError
+
+    parser = ArgumentParser(prog="rl-safety rewards score", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rollouts", required=True, help="JSONL with prompt, completion and dataset columns")
     parser.add_argument("--rewards", required=True, help="comma-separated registered reward names")
     parser.add_argument("--reward-module", action="append", default=[], help="a .py file registering rewards (repeatable)")
@@ -186,19 +187,19 @@ def _score_command(argv: list[str]) -> int:
     parser.add_argument("--top", type=int, default=5, help="disagreements to show")
     parser.add_argument("--plots", help="directory for PNG plots")
     args = parser.parse_args(argv)
-    try:
-        for path in args.reward_module:
-            rewards.load_module(path)
-        names = [name.strip() for name in args.rewards.split(",") if name.strip()]
-        for name in names:
-            rewards.get(name)
-        reward_args = _reward_args(args.arg, names)
-        prompts, completions, columns = read_rollouts(args.rollouts)
-        raw = rewards.score([rewards.RewardSpec(name, args=reward_args[name]) for name in names],
-                            prompts, completions, columns)
-    except (OSError, ImportError, KeyError, ValueError, rewards.RewardError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.top < 0:
+        raise UsageError(f"--top {args.top}: must be 0 or more")
+    for path in args.reward_module:
+        rewards.load_module(path)
+    names = [name.strip() for name in args.rewards.split(",") if name.strip()]
+    if not names:
+        raise UsageError(f"--rewards {args.rewards!r} names no reward")
+    for name in names:
+        rewards.get(name)
+    reward_args = _reward_args(args.arg, names)
+    prompts, completions, columns = read_rollouts(args.rollouts)
+    raw = rewards.score([rewards.RewardSpec(name, args=reward_args[name]) for name in names],
+                        prompts, completions, columns)
     lengths = [len(completion_text(c)) for c in completions]
     print(report(raw, prompts, completions, lengths, args.top))
     if args.plots:
@@ -207,15 +208,25 @@ def _score_command(argv: list[str]) -> int:
     return 0
 
 
+USAGE = ("rl-safety rewards score --rollouts FILE.jsonl --rewards NAME[,NAME...] [--reward-module PATH] "
+         "[--arg NAME.KEY=VALUE] [--top K] [--plots DIR]")
+
+
 def main(argv: list[str]) -> int:
-    """`rewards` subcommands; returns the process exit code."""
+    """`rewards` subcommands; returns the process exit code. Errors are raised for the caller's
+    error boundary (`rl_safety.cli`, or `__main__` below)."""
+    from rl_safety.errors import UsageError
+
     commands = {"score": _score_command}
+    if argv and argv[0] in ("-h", "--help"):
+        print(f"usage: {USAGE}")
+        return 0
     if not argv or argv[0] not in commands:
-        print("usage: rl-safety rewards score --rollouts FILE.jsonl --rewards NAME[,NAME...] "
-              "[--reward-module PATH] [--arg NAME.KEY=VALUE] [--top K] [--plots DIR]", file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        raise UsageError(f"{'unknown subcommand ' + repr(argv[0]) if argv else 'no subcommand given'} (usage: {USAGE})")
     return commands[argv[0]](argv[1:])
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from rl_safety.cli import main as cli_main
+
+    sys.exit(cli_main(["rewards", *sys.argv[1:]]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -24,6 +25,11 @@ _REGISTRY: dict[str, RewardFn] = {}
 class RewardError(RuntimeError):
     """A reward misbehaved (raised, or returned something that is not one finite number or None
     per sample); the message names the reward and, for a bad value, the sample."""
+
+
+class RewardSetupError(ValueError):
+    """A reward that cannot be set up: an unknown name, a reward module that is missing, fails to
+    import or exits while importing, or an argument the reward function does not take."""
 
 
 def register(name: str) -> Callable[[RewardFn], RewardFn]:
@@ -44,7 +50,27 @@ def get(name: str) -> RewardFn:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"no reward named {name!r}; registered: {', '.join(names()) or '(none)'}") from None
+        raise RewardSetupError(f"no reward named {name!r}; registered: {', '.join(names()) or '(none)'}") from None
+
+
+def check_args(name: str, args: dict[str, Any]) -> None:
+    """Refuse arguments that reward `name` does not declare, and missing keyword-only ones. Every
+    reward takes `**kwargs` (the batch's dataset columns), so a misspelt argument would otherwise
+    vanish into them silently."""
+    fn = get(name)
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a callable without an inspectable signature: nothing to check
+        return
+    declared = [p for p, v in parameters.items()
+                if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY) and p not in ("prompts", "completions")]
+    unknown = sorted(set(args) - set(declared))
+    if unknown:
+        raise RewardSetupError(f"reward {name!r} takes no argument {', '.join(map(repr, unknown))} "
+                               f"(its arguments: {', '.join(declared) or 'none'})")
+    missing = [p for p, v in parameters.items() if v.kind == v.KEYWORD_ONLY and v.default is v.empty and p not in args]
+    if missing:
+        raise RewardSetupError(f"reward {name!r} needs argument(s) {', '.join(missing)} in its args")
 
 
 def names() -> list[str]:
@@ -56,7 +82,8 @@ def load_module(path: str | Path) -> None:
     Importing the same file twice is a no-op (Ray workers and the driver both load it)."""
     path = Path(path).resolve()
     if not path.is_file():
-        raise FileNotFoundError(f"reward module {path} does not exist")
+        raise RewardSetupError(f"reward module {path} does not exist" if not path.exists()
+                               else f"reward module {path} is not a file")
     module_name = f"rewards_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
     if module_name in sys.modules:
         return
@@ -65,9 +92,12 @@ def load_module(path: str | Path) -> None:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as err:  # a module that exits would end the whole command, with its status
+        del sys.modules[module_name]
+        raise RewardSetupError(f"reward module {path} called sys.exit({err.code!r}) while being imported") from None
     except Exception as err:
         del sys.modules[module_name]
-        raise ImportError(f"reward module {path} failed to import: {err.__class__.__name__}: {err}") from err
+        raise RewardSetupError(f"reward module {path} failed to import: {err.__class__.__name__}: {err}") from err
 
 
 def require_column(column: list[Any] | None, name: str, reward: str) -> list[Any]:
@@ -109,6 +139,8 @@ def score(specs: list[RewardSpec], prompts: list[str], completions: list[Any],
         fn = get(spec.name)
         try:
             values = fn(prompts, completions, **columns, **spec.args)
+        except SystemExit as err:  # in a reward worker it would end the actor without a word
+            raise RewardError(f"reward {spec.name!r} called sys.exit({err.code!r})") from None
         except Exception as err:
             raise RewardError(f"reward {spec.name!r} raised {err.__class__.__name__}: {err}") from err
         raw[spec.name] = _validated(spec.name, values, len(prompts))

@@ -4,25 +4,47 @@
     RUN/metrics.jsonl            one JSON object per step
     RUN/placement.json           the node (id, IP) and pid of every actor of the last start
     RUN/rollouts/step_N.jsonl    sampled rollouts of step N
-    RUN/checkpoints/step_N/      DeepSpeed checkpoint + driver_state.json (complete ones only)
+    RUN/checkpoints/step_N/      DeepSpeed checkpoint + driver_state.json + manifest.json (complete ones only)
     RUN/final/                   Hugging Face export of the last policy
     RUN/cost.json                the cost ledger (rl_safety.ledger)
     RUN/eval/SUITE/              `rl-safety eval` results of RUN/final
+
+A checkpoint's `manifest.json` lists every file in it with its size and SHA-256, written when the
+checkpoint is committed. Resuming uses the newest checkpoint whose files match their manifest
+exactly (no file missing, changed or added); a damaged newer one is reported and passed over.
+DeepSpeed checkpoints are pickles (`torch.load(weights_only=False)`): a file swapped into a run
+directory would run code in every learner, so one that does not match is never loaded. The
+manifest sits in the same directory, so it guards against damage and stray files, not against
+someone who can rewrite the directory: keep run directories writable by their owner only.
+Directories under checkpoints/ other than `step_N` (e.g. `step_3.bak`) are ignored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import re
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from rl_safety.errors import UserError
 
 log = logging.getLogger(__name__)
 
 _PARTIAL = ".partial"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+MANIFEST = "manifest.json"
+DRIVER_STATE = "driver_state.json"
+
+
+class RunError(UserError):
+    """A run directory that cannot be used as asked: it already holds a run, or holds nothing
+    to resume from, or what it holds is damaged."""
 
 
 class RunDirectory:
@@ -31,14 +53,11 @@ class RunDirectory:
         self.checkpoints = self.root / "checkpoints"
         self.rollouts = self.root / "rollouts"
         self.metrics_path = self.root / "metrics.jsonl"
+        self.damaged: dict[Path, str] = {}  # checkpoints `latest_checkpoint` passed over, and why
         self._sinks: list[Any] = []
 
     def create(self, resume: bool) -> None:
-        if self.metrics_path.exists() and not resume:
-            raise FileExistsError(
-                f"run directory {self.root} already holds a run: pass --resume to continue it, "
-                "or set run.name / run.output_dir for a new one"
-            )
+        self.check_usable(resume)
         for path in (self.root, self.checkpoints, self.rollouts):
             path.mkdir(parents=True, exist_ok=True)
 
@@ -66,13 +85,48 @@ class RunDirectory:
         for sink in self._sinks:
             sink.log(step, metrics)
 
+    def check_usable(self, resume: bool) -> None:
+        """A new run needs a directory that holds no run; `--resume` one that does."""
+        if resume and not self.root.is_dir():
+            raise RunError(f"--resume: run directory {self.root} does not exist (check run.output_dir and run.name)")
+        if not resume and self.metrics_path.exists():
+            raise RunError(f"run directory {self.root} already holds a run: pass --resume to continue it, "
+                           "or set run.name / run.output_dir for a new one")
+        for path in (self.root, *self.root.parents):
+            if path.exists():
+                if not path.is_dir():
+                    raise RunError(f"run directory {self.root}: {path} is a file, not a directory")
+                break
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """metrics.jsonl's rows. A torn last line (a crash while it was written) is dropped with a
+        warning; a broken line before it is a RunError naming the line."""
+        if not self.metrics_path.exists():
+            return []
+        lines = self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        rows = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                    raise ValueError("no integer 'step'")
+            except ValueError as err:
+                if number == len(lines):
+                    log.warning("%s line %d is incomplete (a crash while writing it?): dropped", self.metrics_path, number)
+                    continue
+                raise RunError(f"{self.metrics_path} line {number}: not a metrics row ({err}); "
+                               "repair or delete that line to resume") from None
+            rows.append(row)
+        return rows
+
     def truncate_metrics(self, last_step: int) -> None:
         """On resume, drop metric rows of steps after the checkpoint (they will be redone)."""
         if not self.metrics_path.exists():
             return
-        rows = [line for line in self.metrics_path.read_text().splitlines()
-                if line and json.loads(line)["step"] <= last_step]
-        self.metrics_path.write_text("".join(r + "\n" for r in rows))
+        rows = [row for row in self.read_metrics() if row["step"] <= last_step]
+        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def write_json(self, name: str, data: Any) -> None:
         (self.root / name).write_text(json.dumps(data, indent=1) + "\n")
@@ -95,13 +149,13 @@ class RunDirectory:
         return path
 
     def commit_checkpoint(self, step: int, driver_state: dict[str, Any], keep: int) -> Path:
-        """Make step `step`'s checkpoint visible: the driver state goes in last and the
-        directory is renamed in one step, so a crash at any point leaves either the previous
-        complete checkpoint or both, never a half-written one that looks complete."""
+        """Make step `step`'s checkpoint visible: the driver state and then the manifest of every
+        file go in last and the directory is renamed in one step, so a crash at any point leaves
+        either the previous complete checkpoint or both, never a half-written one that looks
+        complete."""
         partial = self.partial_path(step)
-        tmp = partial / "driver_state.json.tmp"
-        tmp.write_text(json.dumps(driver_state))
-        tmp.rename(partial / "driver_state.json")
+        _write_atomically(partial / DRIVER_STATE, json.dumps(driver_state))
+        _write_atomically(partial / MANIFEST, json.dumps({"files": file_manifest(partial)}, indent=0))
         final = self.checkpoints / f"step_{step}"
         if final.exists():
             shutil.rmtree(final)
@@ -111,15 +165,28 @@ class RunDirectory:
         return final
 
     def complete_checkpoints(self) -> list[Path]:
-        found = [p for p in self.checkpoints.glob("step_*")
-                 if not p.name.endswith(_PARTIAL) and (p / "driver_state.json").exists()]
+        """Committed checkpoints (`step_N` directories with a driver state), oldest first; not
+        verified. Anything else under checkpoints/ is not ours and is ignored."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [p for p in self.checkpoints.iterdir()
+                 if _STEP_DIR.match(p.name) and p.is_dir() and (p / DRIVER_STATE).exists()]
         return sorted(found, key=lambda p: int(p.name.removeprefix("step_")))
 
     def latest_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
-        complete = self.complete_checkpoints()
-        if not complete:
-            return None
-        return complete[-1], json.loads((complete[-1] / "driver_state.json").read_text())
+        """(directory, driver state) of the newest checkpoint that matches its manifest, or None.
+        A newer damaged one is logged as a warning and passed over; `self.damaged` lists them."""
+        self.damaged = {}
+        for path in reversed(self.complete_checkpoints()):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                if self.damaged:
+                    log.warning("using checkpoint %s, the newest intact one (%s)", path,
+                                "; ".join(f"{p.name} is damaged: {why}" for p, why in self.damaged.items()))
+                return path, json.loads((path / DRIVER_STATE).read_text())
+            log.warning("checkpoint %s is damaged and will not be loaded: %s", path, problem)
+            self.damaged[path] = problem
+        return None
 
 
 class _TensorBoardSink:
@@ -150,6 +217,75 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.rename(path)
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def file_manifest(directory: Path) -> dict[str, dict[str, Any]]:
+    """{relative path: {size, sha256}} of every file under `directory` except the manifest
+    itself. Files are hashed in parallel (hashlib releases the GIL on large reads)."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        digests = list(pool.map(_sha256, files))
+    return {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": d} for p, d in zip(files, digests)}
+
+
+# Verdicts by the directory's listing (every file's name, size and mtime): a checkpoint is hashed
+# once per process (the preflight, then the restore), and again as soon as any file changes.
+_VERIFIED: dict[tuple, str | None] = {}
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why checkpoint directory `path` must not be loaded, or None if every file in it matches
+    its manifest (and nothing else is there) and its driver state is readable."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        return f"no {MANIFEST} (not written by this version of rl-safety, or tampered with)"
+    listing = tuple(sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+                           for p in path.rglob("*") if p.is_file()))
+    key = (str(path), listing)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = _manifest_mismatch(path, manifest_path)
+    return _VERIFIED[key]
+
+
+def _manifest_mismatch(path: Path, manifest_path: Path) -> str | None:
+    try:
+        expected = json.loads(manifest_path.read_text())["files"]
+        assert isinstance(expected, dict)
+    except (ValueError, KeyError, TypeError, AssertionError):
+        return f"{MANIFEST} is not readable"
+    present = {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.name != MANIFEST}
+    for name in sorted(present - expected.keys()):
+        return f"{name} is not in the manifest (a file added after the checkpoint was written)"
+    for name, want in sorted(expected.items()):
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        size = file.stat().st_size
+        if size != want.get("size"):
+            return f"{name} has {size} bytes, the manifest says {want.get('size')}"
+    names = sorted(expected)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        digests = list(pool.map(_sha256, [path / n for n in names]))
+    for name, digest in zip(names, digests):
+        if digest != expected[name].get("sha256"):
+            return f"{name} does not match its SHA-256 in the manifest"
+    try:
+        state = json.loads((path / DRIVER_STATE).read_text())
+        assert isinstance(state.get("step"), int)
+    except (ValueError, AttributeError, AssertionError):
+        return f"{DRIVER_STATE} is not readable"
+    return None
 
 
 def resume_or_set_aside(root: str | Path) -> bool:

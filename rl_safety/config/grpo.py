@@ -7,11 +7,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rl_safety.config.loader import Section
+from rl_safety.config.loader import Conflict, NameInParent, Section
 
 
 class ModelSection(Section):
-    path: str = Field(description="Hugging Face checkpoint directory or hub name of the starting policy")
+    path: str = Field(min_length=1, description="Hugging Face checkpoint directory or hub name of the starting policy")
     dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="training and rollout dtype")
     chat_template: bool = Field(True, description="wrap each prompt as a user turn with the tokenizer's chat template")
     system_prompt: str | None = Field(None, description="optional system turn before every prompt")
@@ -38,9 +38,9 @@ class LoraSection(Section):
 
 
 class DataSection(Section):
-    train: str = Field(description="JSON/JSONL/Parquet/CSV file, or a Hugging Face dataset name")
+    train: str = Field(min_length=1, description="JSON/JSONL/Parquet/CSV file, or a Hugging Face dataset name")
     split: str = "train"
-    prompt_key: str = Field("prompt", description="column holding the prompt text")
+    prompt_key: str = Field("prompt", min_length=1, description="column holding the prompt text")
     max_prompt_tokens: int = Field(512, ge=1, description="longer prompts are dropped, and counted in the log")
     shuffle: bool = True
 
@@ -52,7 +52,7 @@ class RolloutSection(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0 disables top-k")
     max_new_tokens: int = Field(256, ge=1)
-    max_model_len: int | None = Field(None, description="default: max_prompt_tokens + max_new_tokens")
+    max_model_len: int | None = Field(None, ge=2, description="default: max_prompt_tokens + max_new_tokens")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU: share of memory for vLLM")
     kv_cache_memory_mb: int = Field(256, ge=16, description="CPU: KV cache size per engine")
     enforce_eager: bool = Field(False, description="disable CUDA graphs / compilation")
@@ -70,7 +70,7 @@ class LearnerSection(Section):
         0.0, ge=0, lt=1, description="warmup over this share of all optimizer steps, rounded up (Hugging Face's "
                                      "warmup_ratio); set this or warmup_steps, not both")
     weight_decay: float = Field(0.0, ge=0)
-    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), strict=False, description="Adam's (beta1, beta2), each in [0, 1)")
     max_grad_norm: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(4, ge=1, description="sequences per forward/backward per rank")
     lora: LoraSection | None = Field(None, description="train a LoRA adapter instead of all weights")
@@ -78,8 +78,8 @@ class LearnerSection(Section):
     @model_validator(mode="after")
     def _one_warmup(self) -> LearnerSection:
         if self.warmup_steps and self.warmup_ratio:
-            raise ValueError(f"learner.warmup_steps={self.warmup_steps} and learner.warmup_ratio={self.warmup_ratio}: "
-                             "set one of them")
+            raise Conflict(f"learner.warmup_steps={self.warmup_steps} and learner.warmup_ratio={self.warmup_ratio}: "
+                           "set one of them", "learner.warmup_steps", "learner.warmup_ratio")
         return self
 
     def warmup_for(self, total_steps: int) -> int:
@@ -87,15 +87,23 @@ class LearnerSection(Section):
         ceil(warmup_ratio x total_steps) as Hugging Face's Trainer computes it."""
         return math.ceil(self.warmup_ratio * total_steps) if self.warmup_ratio else self.warmup_steps
 
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError(f"each beta must be in [0, 1), got {list(value)}")
+        return value
+
 
 class AlgorithmSection(Section):
-    group_size: int = Field(8, description="completions sampled per prompt (G)")
+    group_size: int = Field(8, ge=2, description="completions sampled per prompt (G); advantages are relative to "
+                                                 "the group, so at least 2")
     prompts_per_step: int = Field(8, ge=1, description="prompts per rollout batch (after dynamic sampling)")
     mini_batches_per_step: int = Field(1, ge=1, description="optimizer steps per rollout batch and epoch")
     epochs_per_step: int = Field(1, ge=1, description="passes over each rollout batch (old logprobs kept)")
     normalize_advantage_std: bool = Field(True, description="divide by the group std; false = Dr.GRPO")
     clip_low: float = Field(0.2, ge=0, lt=1)
-    clip_high: float = Field(0.28, ge=0, description="> clip_low = DAPO clip-higher")
+    clip_high: float = Field(0.28, ge=0, le=10, description="> clip_low = DAPO clip-higher")
     kl_coef: float = Field(0.0, ge=0, description="0 drops the reference model entirely")
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
@@ -105,26 +113,17 @@ class AlgorithmSection(Section):
         "truncate", description="truncated IS weight for the rollout/learner logprob mismatch"
     )
     importance_level: Literal["token", "sequence"] = "token"
-    importance_cap: float = Field(2.0, gt=1)
+    importance_cap: float = Field(2.0, gt=1, le=1e6)
     overlong: Literal["none", "filter", "penalty"] = Field(
         "none", description="truncated responses: keep, drop from the loss, or DAPO soft penalty"
     )
     overlong_buffer: int = Field(64, ge=1, description="penalty ramp length before max_new_tokens")
     overlong_penalty_factor: float = Field(1.0, ge=0)
 
-    @model_validator(mode="after")
-    def _check(self) -> AlgorithmSection:
-        if self.group_size < 2:
-            raise ValueError(
-                f"algorithm.group_size={self.group_size}: GRPO needs at least 2 completions per "
-                "prompt (advantages are relative to the group)"
-            )
-        return self
-
 
 class RewardSection(Section):
-    name: str = Field(description="name registered in the rewards package or a reward_modules file")
-    weight: float = 1.0
+    name: str = Field(min_length=1, description="name registered in the rewards package or a reward_modules file")
+    weight: float = Field(1.0, description="factor of this reward in the total (any finite number)")
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the reward")
     normalize: Literal["none", "group", "batch"] = Field(
         "none", description="z-score this reward within each group / the batch before weighting"
@@ -132,12 +131,15 @@ class RewardSection(Section):
 
 
 class ClusterSection(Section):
-    address: str | None = Field(None, description="Ray cluster address ('auto' or ray://...); None starts Ray locally")
+    address: str | None = Field(None, min_length=1,
+                                description="Ray cluster address ('auto' or ray://...); None starts Ray locally")
     placement: Literal["separate", "colocated"] = "separate"
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto: gpu when Ray sees GPUs")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     num_cpus: int | None = Field(None, ge=1, description="local Ray only: logical CPUs to declare")
     reward_workers: int = Field(1, ge=1, description="Ray actors scoring rewards")
+    start_timeout_s: float = Field(1800, gt=0, description="seconds an actor may take to start (load its model, "
+                                                        "join its process group) before the run stops, naming it")
     learner_resources: dict[str, float] = Field(
         default_factory=dict,
         description="custom Ray resources added to every learner bundle, e.g. {trainer_node: 1} pins the "
@@ -159,10 +161,10 @@ class ClusterSection(Section):
 
 
 class RunSection(Section):
-    output_dir: str = "runs"
-    name: str = "grpo"
+    output_dir: str = Field("runs", min_length=1)
+    name: NameInParent = Field("grpo", description="the run directory is output_dir/name")
     total_steps: int = Field(10, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     save_every: int = Field(0, ge=0, description="DeepSpeed checkpoint every K steps (0: only at the end)")
     keep_checkpoints: int = Field(2, ge=1)
     max_restarts: int = Field(
@@ -174,7 +176,7 @@ class RunSection(Section):
         0.05, gt=0, description="stop if mean |rollout - learner logprob| exceeds this (broken weight sync)"
     )
     tensorboard: bool = False
-    wandb_project: str | None = None
+    wandb_project: str | None = Field(None, min_length=1)
     progress_bar: bool = True
 
 
@@ -194,35 +196,40 @@ class GRPOConfig(Section):
         a, lr = self.algorithm, self.learner
         sequences = a.prompts_per_step * a.group_size
         if sequences % a.mini_batches_per_step:
-            raise ValueError(
+            raise Conflict(
                 f"algorithm.mini_batches_per_step={a.mini_batches_per_step} does not divide the "
-                f"{sequences} sequences per step (prompts_per_step x group_size)"
-            )
+                f"{sequences} sequences per step (prompts_per_step x group_size)",
+                "algorithm.mini_batches_per_step", "algorithm.prompts_per_step", "algorithm.group_size")
         per_rank = sequences // a.mini_batches_per_step
         if per_rank % lr.num_ranks:
-            raise ValueError(
-                f"learner.num_ranks={lr.num_ranks} does not divide a mini-batch of {per_rank} sequences"
-            )
+            raise Conflict(f"learner.num_ranks={lr.num_ranks} does not divide a mini-batch of {per_rank} sequences",
+                           "learner.num_ranks", "algorithm.mini_batches_per_step", "algorithm.prompts_per_step",
+                           "algorithm.group_size")
         per_rank //= lr.num_ranks
         if per_rank % lr.micro_batch_size:
-            raise ValueError(
+            raise Conflict(
                 f"learner.micro_batch_size={lr.micro_batch_size} does not divide the {per_rank} "
-                "sequences each rank gets per mini-batch"
-            )
+                "sequences each rank gets per mini-batch",
+                "learner.micro_batch_size", "learner.num_ranks", "algorithm.mini_batches_per_step",
+                "algorithm.prompts_per_step", "algorithm.group_size")
         if a.clip_high < a.clip_low:
-            raise ValueError("algorithm.clip_high must be >= clip_low (clip-higher widens the upper bound)")
+            raise Conflict(f"algorithm.clip_high={a.clip_high} must be >= clip_low={a.clip_low} (clip-higher widens "
+                           "the upper bound)", "algorithm.clip_high", "algorithm.clip_low")
         if self.cluster.placement == "colocated":
             engines = self.rollout.num_engines * self.rollout.tensor_parallel_size
             if engines != lr.num_ranks:
-                raise ValueError(
+                raise Conflict(
                     f"cluster.placement=colocated shares each device between one learner rank and one "
                     f"rollout worker: rollout.num_engines x tensor_parallel_size ({engines}) must equal "
-                    f"learner.num_ranks ({lr.num_ranks})"
-                )
+                    f"learner.num_ranks ({lr.num_ranks})",
+                    "cluster.placement", "rollout.num_engines", "rollout.tensor_parallel_size", "learner.num_ranks")
         if a.overlong == "penalty" and a.overlong_buffer >= self.rollout.max_new_tokens:
-            raise ValueError("algorithm.overlong_buffer must be smaller than rollout.max_new_tokens")
+            raise Conflict(f"algorithm.overlong_buffer={a.overlong_buffer} must be smaller than "
+                           f"rollout.max_new_tokens={self.rollout.max_new_tokens}",
+                           "algorithm.overlong_buffer", "rollout.max_new_tokens", "algorithm.overlong")
         if lr.lora is not None and lr.lora.sync == "adapter" and lr.zero_stage == 3:
-            raise ValueError("learner.lora.sync=adapter with zero_stage=3 is not supported; use sync=merged")
+            raise Conflict("learner.lora.sync=adapter with zero_stage=3 is not supported; use sync=merged",
+                           "learner.lora.sync", "learner.zero_stage")
         return self
 
     def batch_plan(self) -> str:

@@ -16,7 +16,7 @@ class Guard(Section):
     model: str = Field(description="guard checkpoint: hub id or path (Llama-Guard-3-8B, allenai/wildguard)")
     format: Literal["llama_guard_3", "wildguard"] = "llama_guard_3"
     view: Literal["answer", "full"] = Field("answer", description="judge the final answer or reasoning + answer")
-    max_response_chars: int | None = Field(None, description="keep the end of longer responses")
-    num_gpus: float | None = Field(None, description="None: 1 if the cluster has GPUs")
-    max_model_len: int = Field(8192, description="the judge's context: prompt + response + its template must fit")
+    max_response_chars: int | None = Field(None, ge=1, description="keep the end of longer responses")
+    num_gpus: float | None = Field(None, ge=0, description="None: 1 if the cluster has GPUs")
+    max_model_len: int = Field(8192, ge=2, description="the judge's context: prompt + response + its template must fit")
     vllm_kwargs: dict[str, Any] = Field(default_factory=dict)

@@ -39,8 +39,9 @@ class GenerationSection(RolloutSection):
 
 
 class OutputSection(Section):
-    path: str = Field(description="JSONL written: schema fields + provenance; PATH.stats.json has the filter counts")
-    seed: int = 0
+    path: str = Field(min_length=1,
+                      description="JSONL written: schema fields + provenance; PATH.stats.json has the filter counts")
+    seed: int = Field(0, ge=0)
 
 
 class DGRSection(Section):

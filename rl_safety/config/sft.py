@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from rl_safety.config.grpo import ClusterSection, LearnerSection, ModelSection
-from rl_safety.config.loader import Section
+from rl_safety.config.loader import Conflict, NameInParent, Section
 
 Family = Literal["auto", "r1_distill", "qwen3", "llama", "generic"]
 
@@ -20,7 +20,7 @@ class SFTModelSection(ModelSection):
 class SafetyDataSection(Section):
     """A safety dataset (rl_safety.data.safety), as SFT, DGR and ThinkSafe read it."""
 
-    train: str = Field(description="JSON/JSONL/Parquet/CSV file or Hugging Face dataset name")
+    train: str = Field(min_length=1, description="JSON/JSONL/Parquet/CSV file or Hugging Face dataset name")
     dataset: Literal["schema", "safechain", "small_safechain", "small_safechain_text", "star1", "directrefusal",
                      "directrefusal_text", "r1_act", "thinksafe"] = Field(
         "schema", description="the data's layout (rl_safety.data.safety.DATASETS); schema = our DGR/ThinkSafe output")
@@ -44,9 +44,9 @@ class SFTTrainingSection(Section):
 
 
 class SFTRunSection(Section):
-    output_dir: str = "runs"
-    name: str = "sft"
-    seed: int = 0
+    output_dir: str = Field("runs", min_length=1)
+    name: NameInParent = Field("sft", description="the run directory is output_dir/name")
+    seed: int = Field(0, ge=0)
     log_every: int = Field(1, ge=1, description="optimizer steps between metrics.jsonl lines")
     save_every: int = Field(0, ge=0, description="optimizer steps between checkpoints (0: none); `--resume` continues")
     keep_checkpoints: int = Field(2, ge=1, description="complete checkpoints kept (older ones are removed)")
@@ -63,7 +63,8 @@ class SFTConfig(Section):
     @model_validator(mode="after")
     def _check(self) -> SFTConfig:
         if self.learner.zero_stage == 3:
-            raise ValueError("learner.zero_stage=3 is not supported by sft yet (the export gathers no shards); use 2")
+            raise Conflict("learner.zero_stage=3 is not supported by sft yet (the export gathers no shards); use 2",
+                           "learner.zero_stage")
         return self
 
     def batch_plan(self) -> str:

@@ -47,6 +47,16 @@ FAMILIES: dict[str, ChatFamily] = {
 }
 
 
+def max_chars_per_token(tokenizer) -> int:
+    """The most characters of text one token can stand for: the longest vocabulary entry
+    (byte-level BPE and SentencePiece vocabularies spell one byte or character of text per
+    character of the entry). A text longer than N times this needs more than N tokens, which is
+    known without tokenizing it. A tokenizer without a vocabulary gives no bound."""
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    vocab = get_vocab() if get_vocab is not None else None
+    return max(map(len, vocab), default=1) if vocab else 2**62
+
+
 def detect_family(tokenizer) -> str:
     """The family of a tokenizer's chat template (used when a config says `auto`)."""
     template = tokenizer.chat_template or ""

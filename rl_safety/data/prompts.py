@@ -3,42 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rl_safety.data import chat
+from rl_safety.data.files import DatasetError, is_local_file, read_rows
 
-# suffix -> (datasets builder, its options). TSV (WildJailbreak's files): tab-separated, and an
-# empty cell stays "" instead of becoming NaN / None.
-_FILE_FORMATS = {".json": ("json", {}), ".jsonl": ("json", {}), ".parquet": ("parquet", {}), ".csv": ("csv", {}),
-                 ".tsv": ("csv", {"delimiter": "\t", "keep_default_na": False})}
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used as configured; the message names the source and the field."""
+__all__ = ["DatasetError", "PromptExample", "PromptSampler", "build_prompts", "load_rows"]
 
 
 def load_rows(source: str, split: str = "train", config: str | None = None) -> list[dict[str, Any]]:
-    """Rows of a local JSON/JSONL/Parquet/CSV/TSV file, or of a Hugging Face dataset (a hub name
-    or a local copy of its repository) with its `config` name (e.g. WildJailbreak's "eval"),
-    through `datasets.load_dataset`: the same call a user's machine makes for a hub dataset."""
-    from datasets import load_dataset
-
-    suffix = Path(source).suffix.lower()
-    if suffix in _FILE_FORMATS:
+    """Rows of a local JSON/JSONL/Parquet/CSV/TSV file (read directly: `rl_safety.data.files`), or
+    of a Hugging Face dataset (a hub name or a local copy of its repository) with its `config`
+    name (e.g. WildJailbreak's "eval"), through `datasets.load_dataset`: the same call a user's
+    machine makes for a hub dataset (it caches the download under the Hugging Face cache)."""
+    if is_local_file(source):
         if config is not None:
             raise DatasetError(f"{source}: a dataset config name ({config!r}) applies to hub datasets, not to a file")
-        if not Path(source).is_file():
-            raise DatasetError(f"dataset file {source} does not exist")
-        builder, options = _FILE_FORMATS[suffix]
-        dataset = load_dataset(builder, data_files={split: source}, split=split, **options)
-    else:
-        try:
-            dataset = load_dataset(source, config, split=split)
-        except ValueError as err:  # e.g. "BuilderConfig 'x' not found. Available: [...]", an unknown split
-            raise DatasetError(f"{source} (config {config!r}, split {split!r}): {err}") from None
+        return read_rows(source)
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(source, config, split=split)
+    except Exception as err:  # the hub, the network, an unknown config or split: all the user's to fix
+        raise DatasetError(f"{source} (config {config!r}, split {split!r}): not a local data file, and not loadable "
+                           f"as a Hugging Face dataset: {' '.join(str(err).split())[:300]}") from None
     return [dict(row) for row in dataset]
 
 
@@ -59,11 +49,18 @@ def build_prompts(rows: list[dict[str, Any]], tokenizer, *, source: str, prompt_
         raise DatasetError(
             f"{source}: no column {prompt_key!r} (data.prompt_key); columns are {sorted(rows[0])}"
         )
+    # A prompt of more characters than max_prompt_tokens tokens can hold is dropped without being
+    # tokenized (a 20 MB prompt would cost a minute and gigabytes to find out).
+    max_chars = max_prompt_tokens * chat.max_chars_per_token(tokenizer)
     examples, dropped = [], 0
     for index, row in enumerate(rows):
         text = row.get(prompt_key)
-        if not isinstance(text, str) or not text:
-            raise DatasetError(f"{source}: row {index} has no text in column {prompt_key!r}")
+        if not isinstance(text, str) or not text.strip():
+            what = "is empty" if isinstance(text, str) else "is missing" if text is None else f"holds {type(text).__name__}, not text"
+            raise DatasetError(f"{source} row {index}: the prompt column {prompt_key!r} {what}")
+        if len(text) > max_chars:
+            dropped += 1
+            continue
         if chat_template:
             ids = chat.prompt_token_ids(tokenizer, text, system_prompt=system_prompt)
         else:

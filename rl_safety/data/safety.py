@@ -50,7 +50,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rl_safety.data.prompts import DatasetError, load_rows
+from rl_safety.data.files import DatasetError, Record, is_local_file, read_records
+from rl_safety.data.prompts import load_rows
 
 log = logging.getLogger(__name__)
 
@@ -195,31 +196,6 @@ class LoadReport:
     bad: list[tuple[int, str]] = field(default_factory=list)  # (row, reason)
 
 
-def _read_local(path: Path) -> tuple[list[Any], bool]:
-    """Rows of a local JSON list / JSONL file, read directly so that a malformed row is
-    reported by its line instead of failing type inference for the whole file."""
-    if path.suffix.lower() == ".jsonl":
-        rows: list[Any] = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                rows.append(None)  # keeps row index == line - 1
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                rows.append(_Unparsable(str(err)))
-        return rows, True
-    data = json.loads(path.read_text())
-    if not isinstance(data, list):
-        raise DatasetError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
-    return data, False
-
-
-@dataclass
-class _Unparsable:
-    error: str
-
-
 def _pick(row: dict[str, Any], candidates: tuple[str, ...], override: str | None) -> str | None:
     if override:
         return override
@@ -245,24 +221,21 @@ def load_safety_dataset(name: str, source: str | None = None, *, split: str = "t
     if not source:
         raise DatasetError(f"dataset {name!r} has no default hub name: give a file or a hub name "
                            "(e.g. Seanie-lee/ThinkSafe-R1-Distill-7B for the ThinkSafe authors' sets)")
-    path = Path(source)
-    jsonl = False
-    if path.suffix.lower() in (".json", ".jsonl"):
-        if not path.is_file():
-            raise DatasetError(f"dataset file {source} does not exist")
-        rows, jsonl = _read_local(path)
+    if is_local_file(source):
+        records = read_records(source)
     else:
-        rows = load_rows(source, split)
+        records = [Record(i, f"row {i}", row) for i, row in enumerate(load_rows(source, split))]
 
-    _check_layout(rows, spec, columns, prompts_only, source, name)
+    _check_layout([r.value for r in records], spec, columns, prompts_only, source, name)
     report, examples = LoadReport(source), []
-    for index, row in enumerate(rows[:limit] if limit else rows):
-        if row is None and jsonl:
-            continue  # blank line
+    for record in records[:limit] if limit else records:
+        index = record.index
         try:
-            examples.append(_parse_row(row, index, spec, columns, name, prompts_only))
+            if record.error is not None:
+                raise _BadRow(record.error)
+            examples.append(_parse_row(record.value, index, spec, columns, name, prompts_only))
         except _BadRow as bad:
-            where = f"row {index}" + (f" (line {index + 1})" if jsonl else "")
+            where = f"row {index}" + (f" ({record.where})" if record.where.startswith("line") else "")
             message = f"{source} {where}: {bad}"
             if on_bad_row == "error":
                 raise DatasetError(message) from None
@@ -274,7 +247,8 @@ def load_safety_dataset(name: str, source: str | None = None, *, split: str = "t
         log.warning("%s: kept %d rows, skipped %d that break the schema%s", source, report.kept, len(report.bad),
                     f" (the first {_LOGGED_BAD_ROWS} logged above)" if len(report.bad) > _LOGGED_BAD_ROWS else "")
     if not examples:
-        raise DatasetError(f"{source}: no usable rows (of {len(rows)})")
+        raise DatasetError(f"{source}: no usable rows among {len(records)}" +
+                           (f"; row {report.bad[0][0]}: {report.bad[0][1]}" if report.bad else ""))
     return examples, report
 
 
@@ -314,8 +288,6 @@ def _text(row: dict[str, Any], column: str | None, what: str, allow_empty: bool 
 
 def _parse_row(row: Any, index: int, spec: DatasetSpec, columns: dict[str, str], name: str,
                prompts_only: bool) -> SafetyExample:
-    if isinstance(row, _Unparsable):
-        raise _BadRow(f"not valid JSON ({row.error})")
     if not isinstance(row, dict):
         raise _BadRow(f"not an object but {type(row).__name__}")
     if spec.record is not None and not columns:

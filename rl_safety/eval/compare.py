@@ -20,20 +20,83 @@ an approximation, stated in the report. Written to --output (default comparison/
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rl_safety.errors import ArgumentParser, UserError
 from rl_safety.ledger import FLOPS_NOTE
 
 
-class CompareError(ValueError):
+class CompareError(UserError, ValueError):
     """Run directories that cannot be compared; the message says which and why."""
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CompareError(f"{path}: not UTF-8 text ({what})") from None
+    except json.JSONDecodeError as err:
+        raise CompareError(f"{path} line {err.lineno} column {err.colno}: not valid JSON ({err.msg}; {what})") from None
+
+
+def _require(data: Any, path: Path, keys: tuple[str, ...], kind: type | tuple[type, ...]) -> Any:
+    """data[k1][k2]... for `keys`, of type `kind`; else CompareError naming the file and the key."""
+    node, key = data, ".".join(keys)
+    for part in keys:
+        if not isinstance(node, dict) or part not in node:
+            raise CompareError(f"{path}: no {key!r} (a file written by another tool, or damaged)")
+        node = node[part]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(node, kinds) or (isinstance(node, bool) and bool not in kinds):  # True is an int too
+        expected = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise CompareError(f"{path}: {key!r} is {type(node).__name__}, expected {expected}")
+    return node
+
+
+_NUMBER = (int, float)
+_OPTIONAL_NUMBER = (int, float, type(None))
+
+
+def _check_results(results: Any, path: Path) -> None:
+    """The parts of an eval's results.json that compare reads, each of the right type."""
+    _require(results, path, ("suite",), str)
+    if "confidence_intervals" in results:
+        _require(results, path, ("confidence_intervals",), str)
+    if "cost" in results:
+        for name in _require(results, path, ("cost", "device_hours"), dict):
+            _require(results, path, ("cost", "device_hours", name), _NUMBER)
+    for name, bench in _require(results, path, ("benchmarks",), dict).items():
+        key = ("benchmarks", name)
+        kind = _require(results, path, (*key, "kind"), str)
+        if kind not in ("harmful", "benign", "reasoning"):
+            raise CompareError(f"{path}: benchmarks.{name}.kind is {kind!r}, expected harmful, benign or reasoning")
+        _require(results, path, (*key, "prompts"), int)
+        _require(results, path, (*key, "sampling", "n"), int)
+        for metric in _require(results, path, (*key, "metrics"), dict):
+            for field in ("value", "ci_low", "ci_high"):
+                value = _require(results, path, (*key, "metrics", metric, field), _OPTIONAL_NUMBER)
+                if value is not None and not -1e-6 <= value <= 1 + 1e-6 and metric != "strongreject_score":
+                    raise CompareError(f"{path}: benchmarks.{name}.metrics.{metric}.{field} = {value} "
+                                       "is not a rate in [0, 1]")
+
+
+def _check_cost(cost: Any, path: Path) -> None:
+    """The parts of a cost ledger that compare adds up."""
+    _require(cost, path, ("command",), str)
+    _require(cost, path, ("wall_time_s",), _NUMBER)
+    for name in _require(cost, path, ("device_hours",), dict):
+        _require(cost, path, ("device_hours", name), _NUMBER)
+    for kind in _require(cost, path, ("tokens",), dict):
+        _require(cost, path, ("tokens", kind), _NUMBER)
+    if "flops_estimate" in cost:
+        _require(cost, path, ("flops_estimate", "total"), _OPTIONAL_NUMBER)
+    if cost.get("devices") is not None:
+        _require(cost, path, ("devices",), dict)
 
 
 @dataclass
@@ -96,6 +159,8 @@ def _aggregate(benchmarks: dict[str, Any], kind: str, metric: str) -> Aggregate:
 
 
 def load_method(run_dir: Path, suite: str | None) -> Method:
+    if not run_dir.is_dir():
+        raise CompareError(f"{run_dir}: {'not a directory' if run_dir.exists() else 'no such run directory'}")
     results_files = sorted(run_dir.glob("eval/*/results.json"))
     if not results_files:
         raise CompareError(f"{run_dir}: no eval/*/results.json; run `rl-safety eval --model {run_dir}/final "
@@ -107,7 +172,8 @@ def load_method(run_dir: Path, suite: str | None) -> Method:
         suite = next(iter(by_suite))
     if suite not in by_suite:
         raise CompareError(f"{run_dir}: no results of suite {suite!r} (has {sorted(by_suite)})")
-    results = json.loads(by_suite[suite].read_text())
+    results = _read_json(by_suite[suite], "the eval's results")
+    _check_results(results, by_suite[suite])
     cost = training_cost(run_dir)
     method = Method(run_dir.name, run_dir, "+".join(reversed(cost["stages"])) if cost else "base", results, cost)
     b = results["benchmarks"]
@@ -128,10 +194,12 @@ def training_cost(run_dir: Path) -> dict[str, Any] | None:
     main = run_dir / "cost.json"
     if not main.exists():
         return None
-    total = json.loads(main.read_text())
+    total = _read_json(main, "the run's cost ledger")
+    _check_cost(total, main)
     total["stages"] = [total["command"]]
     for path in sorted(run_dir.glob("cost_*.json")):
-        stage = json.loads(path.read_text())
+        stage = _read_json(path, "an earlier stage's cost ledger")
+        _check_cost(stage, path)
         total["stages"].append(stage["command"])
         total["wall_time_s"] += stage["wall_time_s"]
         for name, hours in stage["device_hours"].items():
@@ -414,7 +482,7 @@ def compare(run_dirs: list[Path], out: Path, *, suite: str | None = None, base_l
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="rl-safety compare", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="rl-safety compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories with eval/SUITE/results.json")
     parser.add_argument("--output", type=Path, default=Path("comparison"))
     parser.add_argument("--suite", default=None, help="which suite's results (when runs have several)")
@@ -422,11 +490,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cost", choices=["device_hours", "flops"], default="device_hours",
                         help="x axis of the quality-vs-cost plot")
     args = parser.parse_args(argv)
-    try:
-        written = compare(args.run_dirs, args.output, suite=args.suite, base_label=args.base, cost_key=args.cost)
-    except CompareError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.output.exists() and not args.output.is_dir():
+        raise CompareError(f"--output {args.output} is a file; it must be a directory for the report")
+    written = compare(args.run_dirs, args.output, suite=args.suite, base_label=args.base, cost_key=args.cost)
     print_report(written)
     return 0
 

@@ -10,7 +10,6 @@ RUN is the training run when M is its `final/` export (RUN/final), else `--outpu
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import logging
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rl_safety.config.loader import ConfigError, load_config
-from rl_safety.data.prompts import DatasetError, build_prompts
+from rl_safety.data.prompts import build_prompts
 from rl_safety.eval import scorers
 from rl_safety.eval.suite import Benchmark, EvalPrompt, Suite, load_benchmark, resolve_data
 from rl_safety.ledger import CostLedger
@@ -46,11 +45,19 @@ def find_suite(name_or_path: str) -> Path:
 
 
 def default_run_dir(model: str) -> Path:
-    """The training run a model came from (RUN/final -> RUN), else evals/<model name>."""
-    path = Path(model)
+    """The training run a model came from (RUN/final -> RUN), else evals/ followed by the whole
+    model path (relative to the working directory when under it, else without its root; a hub
+    id as it is), so that ckpts/a/model and ckpts/b/model do not share a directory."""
+    path = Path(model).expanduser()
     if path.name == "final" and (path.parent / "config.yaml").exists():
         return path.parent
-    return Path("evals") / path.name
+    if not path.exists():
+        return Path("evals", *[part for part in path.parts if part not in ("..", ".", path.anchor)])
+    path = path.resolve()
+    try:
+        return Path("evals") / path.relative_to(Path.cwd().resolve())
+    except ValueError:
+        return Path("evals") / path.relative_to(path.anchor)
 
 
 def _sample_seed(seed: int, bench: str, row: int) -> int:
@@ -66,6 +73,11 @@ class Engines:
         from rl_safety.rollout.vllm_engine import RolloutEngine, checked_max_model_len
 
         g = suite.generation
+        max_new = max(b.sampling.max_new_tokens for b in suite.benchmarks)
+        max_model_len = checked_max_model_len(  # before Ray starts
+            model, g.max_model_len, g.max_prompt_tokens, max_new, explicit_key="generation.max_model_len",
+            budget_keys="generation.max_prompt_tokens + the largest sampling.max_new_tokens",
+            trust_remote_code=g.trust_remote_code)
         if not ray.is_initialized():
             ray.init(address="local", num_cpus=max(os.cpu_count() or 1, g.engines + 1), include_dashboard=False)
         gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -74,11 +86,6 @@ class Engines:
             raise ConfigError(f"generation: {g.engines} engine(s) x tensor_parallel_size {g.tensor_parallel_size} "
                               f"need that many GPUs; the Ray cluster has {gpus}")
         self.devices = g.engines * g.tensor_parallel_size if self.use_gpu else g.engines
-        max_new = max(b.sampling.max_new_tokens for b in suite.benchmarks)
-        max_model_len = checked_max_model_len(
-            model, g.max_model_len, g.max_prompt_tokens, max_new, explicit_key="generation.max_model_len",
-            budget_keys="generation.max_prompt_tokens + the largest sampling.max_new_tokens",
-            trust_remote_code=g.trust_remote_code)
         actor = ray.remote(RolloutEngine).options(
             num_cpus=1, num_gpus=(1 if self.use_gpu and g.tensor_parallel_size == 1 else 0))
         self.handles = [
@@ -114,12 +121,15 @@ def run_eval(model: str, suite: Suite, suite_file: Path | None, run_dir: Path) -
     run_dir/eval/<suite.name>/)."""
     from transformers import AutoTokenizer
 
+    from rl_safety.preflight import check_model_path
+
     out = Path(run_dir) / "eval" / suite.name
     # Every benchmark is loaded and checked before any actor starts: a bad row fails in seconds.
     loaded: dict[str, tuple[Benchmark, str, list[EvalPrompt]]] = {}
     for bench in suite.benchmarks:
         source = resolve_data(suite, suite_file, bench.data)
         loaded[bench.name] = (bench, source, load_benchmark(bench, source))
+    check_model_path(model, "--model", suite.generation.trust_remote_code)
     out.mkdir(parents=True, exist_ok=True)
     ledger = CostLedger(out, "eval", model_path=model)
     g = suite.generation
@@ -214,7 +224,9 @@ def judges_of(bench: Benchmark, suite: Suite) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="rl-safety eval", description=__doc__.split("\n\n")[0])
+    from rl_safety.errors import ArgumentParser, UsageError
+
+    parser = ArgumentParser(prog="rl-safety eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="Hugging Face checkpoint (a run's final/ directory or a path)")
     parser.add_argument("--suite", required=True, help="suite YAML, or a name in configs/eval/ (e.g. default)")
     parser.add_argument("--output", default=None,
@@ -224,17 +236,16 @@ def main(argv: list[str]) -> int:
                         help="cap every benchmark's sampling.max_new_tokens (a quick run, e.g. a plumbing check)")
     parser.add_argument("overrides", nargs="*", help="key=value suite overrides, e.g. generation.engines=2 data_root=/data")
     args = parser.parse_args(argv)
-    try:
-        suite_file = find_suite(args.suite)
-        suite = load_config(Suite, suite_file, args.overrides)
-        for bench in suite.benchmarks if args.limit else []:
-            bench.limit = min(bench.limit or args.limit, args.limit)
-        for bench in suite.benchmarks if args.max_new_tokens else []:
-            bench.sampling.max_new_tokens = min(bench.sampling.max_new_tokens, args.max_new_tokens)
-        results = run_eval(args.model, suite, suite_file, Path(args.output) if args.output else default_run_dir(args.model))
-    except (ConfigError, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    for flag, value in (("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} {value}: must be at least 1")
+    suite_file = find_suite(args.suite)
+    suite = load_config(Suite, suite_file, args.overrides)
+    for bench in suite.benchmarks if args.limit else []:
+        bench.limit = min(bench.limit or args.limit, args.limit)
+    for bench in suite.benchmarks if args.max_new_tokens else []:
+        bench.sampling.max_new_tokens = min(bench.sampling.max_new_tokens, args.max_new_tokens)
+    results = run_eval(args.model, suite, suite_file, Path(args.output) if args.output else default_run_dir(args.model))
     for name, bench in results["benchmarks"].items():
         shown = ", ".join(f"{metric} {m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
                           for metric, m in bench["metrics"].items() if m["value"] is not None)
@@ -243,4 +254,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from rl_safety.cli import main as cli_main
+
+    sys.exit(cli_main(["eval", *sys.argv[1:]]))

@@ -81,14 +81,15 @@ def measure_shift(model, tokenizer, examples: list[SafetyExample], *, family: st
 
 def main(argv: list[str]) -> int:
     """`rl-safety shift --model M --data D [--dataset NAME]`: prints one JSON line."""
-    import argparse
     import json
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rl_safety.data.safety import DATASETS, load_safety_dataset
+    from rl_safety.errors import ArgumentParser, UsageError
+    from rl_safety.preflight import check_model_path
 
-    parser = argparse.ArgumentParser(prog="rl-safety shift", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="rl-safety shift", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="Hugging Face checkpoint directory or hub name")
     parser.add_argument("--data", required=True, help="dataset file or hub name")
     parser.add_argument("--dataset", default="schema", choices=sorted(DATASETS),
@@ -100,7 +101,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args(argv)
-
+    for flag, value in (("--limit", args.limit), ("--max-tokens", args.max_tokens), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} {value}: must be at least 1")
+    check_model_path(args.model, "--model")
     examples, report = load_safety_dataset(args.dataset, args.data, split=args.split, limit=args.limit)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype))

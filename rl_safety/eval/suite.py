@@ -31,7 +31,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from rl_safety.config.judge import Guard
-from rl_safety.config.loader import Section
+from rl_safety.config.loader import NameInParent, Section
 from rl_safety.data.prompts import DatasetError, load_rows
 
 REFUSAL, GUARD, STRONGREJECT = "refusal", "guard", "strongreject"
@@ -53,7 +53,7 @@ class Sampling(Section):
     n: int = Field(1, ge=1, description="samples per prompt; pass@1 and rates average over them")
     temperature: float = Field(0.6, ge=0.0, description="0 = greedy")
     top_p: float = Field(0.95, gt=0.0, le=1.0)
-    top_k: int = Field(-1, description="-1 = off")
+    top_k: int = Field(-1, ge=-1, description="-1 = off")
     max_new_tokens: int = Field(512, ge=1, description="a response cut here has no final answer if its thought is open")
 
 
@@ -63,10 +63,10 @@ class RubricJudge(Section):
 
     model: str = Field(description="judge chat checkpoint: hub id or path (e.g. Qwen/Qwen2.5-72B-Instruct)")
     view: Literal["answer", "full"] = "answer"
-    max_response_chars: int | None = None
+    max_response_chars: int | None = Field(None, ge=1)
     max_new_tokens: int = Field(1024, ge=16, description="room for the judge's reasoning before #scores")
-    num_gpus: float | None = None
-    max_model_len: int = 8192
+    num_gpus: float | None = Field(None, ge=0)
+    max_model_len: int = Field(8192, ge=2)
     vllm_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -83,9 +83,9 @@ class ModerationJudge(Section):
 
 
 class Benchmark(Section):
-    name: str
+    name: NameInParent = Field(description="also the benchmark's name in results.json")
     kind: Literal["harmful", "benign", "reasoning"]
-    data: str = Field(description="JSON/JSONL/CSV/TSV/Parquet file (relative to data_root) or a hub dataset name")
+    data: str = Field(min_length=1, description="JSON/JSONL/CSV/TSV/Parquet file (relative to data_root) or a hub dataset name")
     config: str | None = Field(None, description="the hub dataset's config name (e.g. WildJailbreak's 'eval')")
     split: str = "train"
     layout: Literal["rows", "harmbench", "gpqa"] = Field(
@@ -126,25 +126,25 @@ class Generation(Section):
     dtype: str = "auto"
     tensor_parallel_size: int = Field(1, ge=1)
     max_prompt_tokens: int = Field(2048, ge=1, description="longer prompts are dropped and counted")
-    max_model_len: int | None = Field(None, description="default: max_prompt_tokens + the largest max_new_tokens")
-    gpu_memory_utilization: float = 0.85
-    kv_cache_memory_mb: int = Field(512, description="CPU only")
+    max_model_len: int | None = Field(None, ge=2, description="default: max_prompt_tokens + the largest max_new_tokens")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="GPU: share of memory for vLLM")
+    kv_cache_memory_mb: int = Field(512, ge=16, description="CPU only: KV cache size per engine")
     enforce_eager: bool = False
     chat_template: bool = True
     system_prompt: str | None = None
     trust_remote_code: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class Suite(Section):
-    name: str
+    name: NameInParent = Field(description="results go to RUN/eval/NAME/")
     data_root: str | None = Field(None, description="base of relative `data` paths; relative to the suite file")
     generation: Generation = Field(default_factory=Generation)
     guard: Guard | None = Field(None, description="the `guard` scorer's judge (harmful verdicts)")
     refusal_judge: Guard | None = Field(None, description="the `guard_refusal` scorer's judge: WildGuard's refusal verdict")
     moderation_judge: ModerationJudge | None = None
     strongreject_judge: RubricJudge | None = None
-    benchmarks: list[Benchmark]
+    benchmarks: list[Benchmark] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _check(self) -> "Suite":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +16,40 @@ import torch
 from rl_safety.algorithms import grpo_math
 from rl_safety.config.grpo import GRPOConfig
 from rl_safety.learner.logprobs import sequence_logprobs
+
+
+def init_distributed(use_gpu: bool) -> None:
+    """`deepspeed.init_distributed` (nccl on GPU, gloo on CPU) without any run-time compile.
+
+    On CPU, DeepSpeed 0.19's TorchBackend JIT-builds its shared-memory op (`deepspeed_shm_comm`,
+    csrc/cpu/comm/shm*.cpp) through torch's cpp_extension on first use: a compile of about a
+    minute under a file lock in the torch-extensions cache (~/.cache/torch_extensions). The op
+    serves only `inference_all_reduce` (DeepSpeed's tensor-parallel inference); training's
+    collectives go through gloo. A start killed during that build leaves the lock behind, and
+    every later learner on the machine waits on it forever. Marked incompatible, the op is
+    skipped and nothing is built."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    shm = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if shm is not None:
+        deepspeed.ops.__compatible_ops__[shm.NAME] = False  # DeepSpeed's own switch: build_shm_op checks it
+    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+
+
+def build_lock_hint() -> str:
+    """For the message of a learner start that timed out: the build locks in the torch-extensions
+    cache of this node (a JIT build killed midway leaves one, and every later build of that op
+    waits on it forever), or where to look on the learners' nodes."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    locks = sorted(str(p) for p in root.rglob("lock")) if root.is_dir() else []
+    if locks:
+        return (f"; stale build lock(s) on this node: {', '.join(locks[:3])} (if no compile is running, a "
+                "killed build left them and every later build waits: remove them)")
+    return (f"; if a learner hangs in a DeepSpeed/torch extension build, look for a stale `lock` file under "
+            f"{root} (or $TORCH_EXTENSIONS_DIR) on its node")
 
 
 def deepspeed_config(cfg: GRPOConfig, bf16: bool) -> dict[str, Any]:
@@ -52,7 +87,7 @@ class Learner:
             RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE=str(world_size),
             MASTER_ADDR=master_addr, MASTER_PORT=str(master_port),
         )
-        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+        init_distributed(use_gpu)
         if not use_gpu:
             # Ray pins actors to OMP_NUM_THREADS=1; on CPU the learner ranks of a node should
             # share its cores instead (rollout engines idle while the learners train).

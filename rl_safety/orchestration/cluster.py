@@ -17,10 +17,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from rl_safety.config.grpo import GRPOConfig
+from rl_safety.errors import UserError
 
 
-class ClusterError(RuntimeError):
+class ClusterError(UserError, RuntimeError):
     """The cluster cannot hold the configured run; raised before any actor starts."""
+
+
+class StartTimeout(UserError, RuntimeError):
+    """Actors that did not finish starting (loading their model, joining their group) within
+    `cluster.start_timeout_s`; the message names them and what they wait for."""
 
 
 @dataclass
@@ -169,6 +175,21 @@ def node_address_in(group: Any, index: int) -> tuple[str, int, int]:
         return (ray.util.get_node_ip_address(), *free_ports(2))
 
     return ray.get(probe.options(**{**in_bundle(group, index, 0.0, False), "num_cpus": 0}).remote())
+
+
+def wait_started(handles: dict[str, Any], what: str, timeout_s: float, hint=None) -> list[Any]:
+    """Wait until every actor in {name: handle} has finished its constructor, at most `timeout_s`;
+    returns the finished pings (`ray.get` them to surface a constructor that raised). Actors still
+    starting raise StartTimeout naming them, `what` they do and `hint()` (why they may hang)."""
+    import ray
+
+    pings = {handle.__ray_ready__.remote(): name for name, handle in handles.items()}
+    _, pending = ray.wait(list(pings), num_returns=len(pings), timeout=timeout_s)
+    if pending:
+        late = ", ".join(pings[ref] for ref in pending)
+        raise StartTimeout(f"{what}: {late} not started after {timeout_s:g} s (cluster.start_timeout_s)"
+                           + (hint() if hint else ""))
+    return list(pings)
 
 
 def _report_node(actor: Any) -> dict[str, Any]:

@@ -38,9 +38,14 @@ def run_dgr(cfg: DGRConfig) -> tuple[Path, dict]:
 def main(argv: list[str]) -> int:
     from rl_safety.config.loader import config_from_command_line
 
-    cfg, _ = config_from_command_line(DGRConfig, argv, "rl-safety dgr", __doc__.split("\n\n")[0],
-                                      config_help="YAML config (see configs/dgr_*.yaml)")
+    from rl_safety.preflight import check_generation
+    from rl_safety.refine.generate import add_overwrite_argument
+
+    cfg, args = config_from_command_line(DGRConfig, argv, "rl-safety dgr", __doc__.split("\n\n")[0],
+                                         config_help="YAML config (see configs/dgr_*.yaml)",
+                                         add_arguments=add_overwrite_argument)
     _check_template(cfg.dgr.refinement_prompt)
+    check_generation(cfg, args.overwrite)
     path, stats = run_dgr(cfg)
     print(f"done: {stats.get('kept', 0)} rows in {path} (filter counts in {path}.stats.json)")
     return 0

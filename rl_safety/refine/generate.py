@@ -123,6 +123,11 @@ def run_generation(cfg: GenerationConfig, requests: list[Request], *, content_fi
                             fallback_original=fallback_original)
 
 
+def add_overwrite_argument(parser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output.path dataset (and its .stats.json, .config.yaml, .cost.json)")
+
+
 def data_cost_path(dataset_path: str | Path) -> Path:
     """Where the cost of generating a dataset is kept: beside it, `DATA.cost.json`. An SFT run
     on that file copies it into its run directory as `cost_data.json`, so `rl-safety compare`
@@ -153,7 +158,11 @@ def generate_dataset(requests: list[Request], *, model: SFTModelSection, generat
     family = chat.resolve_family(tokenizer, model.family)
     top_k = family.top_k if generation.top_k is None else generation.top_k
     rendered, ids, kept_requests, too_long = [], [], [], 0
+    max_chars = generation.max_prompt_tokens * chat.max_chars_per_token(tokenizer)
     for request in requests:
+        if len(request.user_turn) > max_chars:  # cannot fit: dropped without tokenizing it
+            too_long += 1
+            continue
         text = chat.render_prompt(tokenizer, request.user_turn, family=model.family, system_prompt=model.system_prompt)
         token_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(token_ids) > generation.max_prompt_tokens:

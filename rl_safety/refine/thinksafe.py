@@ -41,8 +41,13 @@ def run_thinksafe(cfg: ThinkSafeConfig) -> tuple[Path, dict]:
 def main(argv: list[str]) -> int:
     from rl_safety.config.loader import config_from_command_line
 
-    cfg, _ = config_from_command_line(ThinkSafeConfig, argv, "rl-safety thinksafe", __doc__.split("\n\n")[0],
-                                      config_help="YAML config (see configs/thinksafe_*.yaml)")
+    from rl_safety.preflight import check_generation
+    from rl_safety.refine.generate import add_overwrite_argument
+
+    cfg, args = config_from_command_line(ThinkSafeConfig, argv, "rl-safety thinksafe", __doc__.split("\n\n")[0],
+                                         config_help="YAML config (see configs/thinksafe_*.yaml)",
+                                         add_arguments=add_overwrite_argument)
+    check_generation(cfg, args.overwrite)
     path, stats = run_thinksafe(cfg)
     print(f"done: {stats.get('kept', 0)} rows in {path} (filter counts in {path}.stats.json)")
     return 0

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import asdict
@@ -20,9 +19,11 @@ from rl_safety.toy.table import ARMS
 
 
 def _overrides(pairs: list[str]) -> dict[str, str]:
+    from rl_safety.config.loader import ConfigError
+
     bad = [p for p in pairs if "=" not in p]
     if bad:
-        raise ValueError(f"expected key=value overrides, got {bad}")
+        raise ConfigError(f"expected key=value overrides, got {bad}")
     return dict(p.split("=", 1) for p in pairs)
 
 
@@ -57,7 +58,9 @@ def _eval_and_print(model: Path, world, seed: int, n_math: int, n_sampled: int, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="toy", description="The toy safety world on CPU.")
+    from rl_safety.errors import ArgumentParser
+
+    parser = ArgumentParser(prog="rl-safety toy", description="The toy safety world on CPU.")
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build (or find in the cache) the base toy model, then evaluate it")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
@@ -95,11 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     from rl_safety.toy.world import WorldConfig
 
     if args.command == "build":
+        from rl_safety.config.loader import ConfigError
+
         try:
             config = BuildConfig.from_overrides(_overrides(args.overrides))
         except (KeyError, ValueError) as e:
-            print(f"toy build: {e.args[0]}", file=sys.stderr)
-            return 2
+            raise ConfigError(f"toy build: {e.args[0]}") from None
         path = build_base_model(config, force=args.force, log=lambda msg: print(msg, flush=True))
         info = json.loads((path / "build.json").read_text())
         print(f"base model: {path}  ({info['parameters'] / 1e6:.2f}M parameters, built in {info['build_seconds']}s)")
@@ -115,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                 _eval_and_print(path, config.world, config.seed, 200, 8, cached)
         return 0
 
+    from rl_safety.preflight import check_model_path
+
+    check_model_path(str(args.model), "--model")
     world_file = args.model / "data" / "world.json"
     world = WorldConfig()
     if world_file.exists():  # a base model directory records the world it was built on

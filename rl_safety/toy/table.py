@@ -50,6 +50,12 @@ def split_overrides(pairs: list[str]) -> dict[str, list[str]]:
     return grouped
 
 
+def check_arms(arms: tuple[str, ...]) -> None:
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise ConfigError(f"unknown arms {unknown}; the arms are {list(ARMS)}")
+
+
 class ToyTable:
     """The experiment's steps over one output directory; each step is skipped when its result
     is already there. All configs are loaded (and checked) in the constructor, before any work."""
@@ -61,9 +67,7 @@ class ToyTable:
         from rl_safety.eval.harness import find_suite
         from rl_safety.eval.suite import Suite
 
-        unknown = [a for a in arms if a not in ARMS]
-        if unknown:
-            raise ConfigError(f"unknown arms {unknown}; the arms are {list(ARMS)}")
+        check_arms(arms)
         self.base, self.out, self.arms, self.log = base, output_dir, arms, log
         self.grouped = split_overrides(overrides)
         data = base / "data"
@@ -166,6 +170,8 @@ def run_table(output_dir: Path, overrides: list[str],
     from rl_safety.eval.compare import print_report
     from rl_safety.toy.model import BuildConfig, build_base_model
 
+    check_arms(arms)  # before the base model is built (minutes)
+    split_overrides(overrides)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     base = build_base_model(BuildConfig(), log=log)
     table = ToyTable(base, output_dir, overrides, arms, log=log)

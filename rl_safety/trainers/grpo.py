@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import rewards
+from rl_safety import preflight
 from rl_safety.algorithms import grpo_math
 from rl_safety.config.grpo import GRPOConfig
 from rl_safety.config.loader import dump_config
@@ -88,7 +89,7 @@ class Workers:
     def _start(self, cfg: GRPOConfig, layout: cluster.Layout, use_gpu: bool) -> None:
         import ray
 
-        from rl_safety.learner.deepspeed_learner import Learner
+        from rl_safety.learner.deepspeed_learner import Learner, build_lock_hint
         from rl_safety.learner.logprobs import ReferencePolicy
         from rl_safety.rollout.vllm_engine import RolloutEngine, checked_max_model_len
 
@@ -140,12 +141,19 @@ class Workers:
             reward_cls.options(name=f"reward-{i}-{tag}").remote(sections, cfg.reward_modules)
             for i in range(cfg.cluster.reward_workers)
         ])
-        # Construction errors (a model that does not load, a bad reward module) surface here.
-        _get([h.__ray_ready__.remote() for h in self.rollouts], "starting the vLLM rollout engines")
-        _get([h.__ray_ready__.remote() for h in self.learners], "starting the DeepSpeed learners")
+        # Construction errors (a model that does not load, a bad reward module) surface here;
+        # an actor that has not started within cluster.start_timeout_s stops the run, named.
+        deadline = cfg.cluster.start_timeout_s
+        _get(cluster.wait_started({f"rollout-{i}-{tag}": h for i, h in enumerate(self.rollouts)},
+                                  "starting the vLLM rollout engines", deadline), "starting the vLLM rollout engines")
+        _get(cluster.wait_started({f"learner-{r}-{tag}": h for r, h in enumerate(self.learners)},
+                                  f"starting the DeepSpeed learners (model {cfg.model.path}, process group at "
+                                  f"{learner_ip}:{ds_port})", deadline, build_lock_hint), "starting the DeepSpeed learners")
         if self.reference is not None:
-            _get(self.reference.__ray_ready__.remote(), "starting the reference policy")
-        _get([w.__ray_ready__.remote() for w in self.rewards.workers], "starting the reward workers")
+            _get(cluster.wait_started({f"reference-{tag}": self.reference}, "starting the reference policy", deadline),
+                 "starting the reference policy")
+        _get(cluster.wait_started({f"reward-{i}-{tag}": w for i, w in enumerate(self.rewards.workers)},
+                                  "starting the reward workers", deadline), "starting the reward workers")
         groups = {"rollout": self.rollouts, "learner": self.learners, "reward": self.rewards.workers}
         self.actors = {f"{role}-{i}-{tag}": h for role, handles in groups.items() for i, h in enumerate(handles)}
         if self.reference is not None:
@@ -538,9 +546,10 @@ def _jsonable(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool, type(None), list, dict))
 
 
-def run_grpo(cfg: GRPOConfig, source: str, resume: bool = False) -> Path:
+def run_grpo(cfg: GRPOConfig, source: str, resume: bool = False, allow_config_change: list[str] = ()) -> Path:
     """Train; with `run.max_restarts`, a run that lost an actor starts every actor afresh and
     resumes from its last checkpoint (redoing the steps since), as `--resume` would."""
+    preflight.check_grpo(cfg, source, resume, list(allow_config_change))
     for restart in range(cfg.run.max_restarts + 1):
         trainer = GRPOTrainer(cfg, source, resume)
         completed = False

@@ -46,7 +46,11 @@ def encode_examples(examples, tokenizer, *, family: str, system_prompt: str | No
     Returns the encoded examples and the number dropped for exceeding `max_tokens` (a truncated
     example would lose its answer and its EOS, teaching the model not to stop)."""
     encoded, dropped = [], 0
+    max_chars = max_tokens * chat.max_chars_per_token(tokenizer)  # longer ones are dropped untokenized
     for e in examples:
+        if len(e.prompt) + len(e.reasoning) + len(e.answer) > max_chars:
+            dropped += 1
+            continue
         ids, segments = chat.tokenize_example(tokenizer, e.prompt, e.reasoning, e.answer,
                                               family=family, system_prompt=system_prompt)
         if len(ids) > max_tokens:
@@ -131,13 +135,14 @@ class SFTRank:
 
     def __init__(self, cfg: SFTConfig, rank: int, world_size: int, master_addr: str, master_port: int,
                  use_gpu: bool) -> None:
-        import deepspeed
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from rl_safety.learner.deepspeed_learner import init_distributed
 
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         os.environ.update(RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE=str(world_size),
                           MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
-        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+        init_distributed(use_gpu)
         torch.manual_seed(cfg.run.seed)
         self.dtype = getattr(torch, cfg.model.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
@@ -291,33 +296,27 @@ class SFTRank:
 
 
 # ---------------------------------------------------------------------------------- driver
-def run_sft(cfg: SFTConfig, source: str = "<config>", resume: bool = False) -> Path:
+def run_sft(cfg: SFTConfig, source: str = "<config>", resume: bool = False, allow_config_change: list[str] = ()) -> Path:
     """Load and encode the data, start the ranks as Ray actors, train, return `final/`. With
-    `resume`, training goes on from the run's last complete checkpoint."""
+    `resume`, training goes on from the run's last intact checkpoint."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from transformers import AutoTokenizer
 
+    from rl_safety import preflight
     from rl_safety.config.loader import dump_config
+    from rl_safety.learner.deepspeed_learner import build_lock_hint
     from rl_safety.data.safety import load_safety_dataset
     from rl_safety.orchestration import cluster
     from rl_safety.runs import RunDirectory
 
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     run = RunDirectory(run_dir)
-    if (run_dir / "final").exists():
-        raise FileExistsError(f"{run_dir / 'final'} exists: choose another run.name or remove it")
-    resume_from = None
-    if resume:
-        found = run.latest_checkpoint()
-        if found is None:
-            raise FileNotFoundError(f"--resume: no complete checkpoint under {run.checkpoints}")
-        resume_from, state = found
-        run.truncate_metrics(state["step"])  # steps after the checkpoint are redone
-        log.info("resuming from %s (after step %d)", resume_from, state["step"])
-    elif run.metrics_path.exists():
-        raise FileExistsError(f"run directory {run_dir} already holds a run: pass --resume to continue it "
-                              "(it needs run.save_every > 0), or set run.name / run.output_dir for a new one")
+    resume_from = preflight.check_sft(cfg, source, resume, list(allow_config_change))
+    if resume_from is not None:
+        step = json.loads((resume_from / "driver_state.json").read_text())["step"]
+        run.truncate_metrics(step)  # steps after the checkpoint are redone
+        log.info("resuming from %s (after step %d)", resume_from, step)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
     ledger = CostLedger(run_dir, "sft", model_path=cfg.model.path, resume=resume)
@@ -334,6 +333,7 @@ def run_sft(cfg: SFTConfig, source: str = "<config>", resume: bool = False) -> P
                                        prompt_loss=cfg.training.prompt_loss)
     log.info("sft data: %d examples (%d rows skipped as malformed, %d longer than data.max_tokens=%d); %s",
              len(encoded), len(report.bad), dropped, cfg.data.max_tokens, cfg.batch_plan())
+    preflight.check_sft_rows(cfg, len(encoded), dropped)
 
     if not ray.is_initialized():
         if cfg.cluster.address:
@@ -358,6 +358,9 @@ def run_sft(cfg: SFTConfig, source: str = "<config>", resume: bool = False) -> P
         n = cfg.learner.num_ranks
         ranks = [rank_cls.options(**cluster.in_bundle(group, r, 1.0, use_gpu)).remote(cfg, r, n, address, port, use_gpu)
                  for r in range(n)]
+        ray.get(cluster.wait_started({f"rank-{r}": h for r, h in enumerate(ranks)},
+                                     f"starting the SFT ranks (DeepSpeed, model {cfg.model.path})",
+                                     cfg.cluster.start_timeout_s, build_lock_hint))
         encoded_ref = ray.put(encoded)
         with ledger.phase("train"):
             results = ray.get([h.train.remote(encoded_ref, str(run_dir), resume_from and str(resume_from))
@@ -376,12 +379,12 @@ def run_sft(cfg: SFTConfig, source: str = "<config>", resume: bool = False) -> P
 def main(argv: list[str]) -> int:
     from rl_safety.config.loader import config_from_command_line
 
+    from rl_safety.preflight import add_resume_arguments
+
     cfg, args = config_from_command_line(
         SFTConfig, argv, "rl-safety sft", "SFT on safety traces (DeepSpeed, LoRA)",
-        config_help="YAML config (see configs/sft_*.yaml)",
-        add_arguments=lambda p: p.add_argument("--resume", action="store_true",
-                                               help="continue from the run's last checkpoint (run.save_every)"))
+        config_help="YAML config (see configs/sft_*.yaml)", add_arguments=add_resume_arguments)
     print(f"batch plan: {cfg.batch_plan()}")
-    final = run_sft(cfg, source=args.config, resume=args.resume)
+    final = run_sft(cfg, source=args.config, resume=args.resume, allow_config_change=args.allow_config_change)
     print(f"done: checkpoint in {final} (use it as model.path of rl-safety grpo)")
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -69,3 +71,44 @@ def test_batch_plan_states_the_arithmetic(tmp_path):
                        "learner.num_ranks=2", "learner.micro_batch_size=4"])
     plan = cfg.batch_plan()
     assert "32 sequences per step" in plan and "8 sequences per rank" in plan and "(2 accumulation" in plan
+
+
+def test_numbers_are_strict_finite_and_in_range(tmp_path):
+    path = write(tmp_path, BASE)
+    for override, needle in [("run.total_steps=true", "run.total_steps: Input should be a valid integer"),
+                             ("run.logprob_diff_bound=.inf", "run.logprob_diff_bound: Input should be a finite number"),
+                             ("rollout.max_model_len=-5", "rollout.max_model_len: Input should be greater than"),
+                             ("rollout.gpu_memory_utilization=5", "less than or equal to 1"),
+                             ("learner.adam_betas=[0.9, 1.0]", "each beta must be in [0, 1)")]:
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            load_config(GRPOConfig, path, [override])
+    cfg = load_config(GRPOConfig, path, ["learner.learning_rate=1e-5", "rollout.temperature=1"])
+    assert cfg.learner.learning_rate == 1e-5 and isinstance(cfg.rollout.temperature, float)  # YAML 1.2 floats
+
+
+def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("model: {path: m}\ndata: {train: d}\nrewards: [{name: r}]\nrun:\n  name: a\nrun:\n  name: b\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml line 6 column 1: not valid YAML: key 'run' appears twice \(first on line 4\)"):
+        load_config(GRPOConfig, path)
+
+
+@pytest.mark.parametrize("raw,value", [("Be safe #1", "Be safe #1"), ("'Rule #2'", "Rule #2"), ("#tag", "#tag"),
+                                       ("8", 8), ("0.5", 0.5), ("[a, b#c]", ["a", "b#c"]), ("null", None), ("", "")])
+def test_override_values_are_yaml_and_hash_is_text(raw, value):
+    assert parse_overrides([f"model.system_prompt={raw}"]) == {"model": {"system_prompt": value}}
+
+
+def test_cross_field_errors_name_where_the_keys_were_set(tmp_path):
+    in_file = write(tmp_path, {**BASE, "algorithm": {"group_size": 3, "prompts_per_step": 1, "mini_batches_per_step": 2}})
+    with pytest.raises(ConfigError, match=r"does not divide the 3 sequences .* \(in [^ ]*run.yaml\)$"):
+        load_config(GRPOConfig, in_file, ["learner.micro_batch_size=1"])
+    with pytest.raises(ConfigError, match=r"clip_high=0.1 must be >= clip_low=0.2 .*\(in overrides\)$"):
+        load_config(GRPOConfig, write(tmp_path, BASE), ["algorithm.clip_high=0.1"])
+
+
+def test_run_names_stay_inside_the_output_dir(tmp_path):
+    for name in ("../x", "a/../../b", "/abs", ""):
+        with pytest.raises(ConfigError, match="must be a relative name inside its parent"):
+            load_config(GRPOConfig, write(tmp_path, BASE), [f"run.name={name}"])
+    assert load_config(GRPOConfig, write(tmp_path, BASE), ["run.name=sweep/seed1"]).run.name == "sweep/seed1"

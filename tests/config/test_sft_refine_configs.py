@@ -29,7 +29,7 @@ def test_errors_name_the_key():
         load_config(SFTConfig, None, ["model.path=m", "data.train=d", "learner.zero_stage=3"])
     with pytest.raises(ConfigError, match=r"generation.samples_per_prompt"):
         load_config(ThinkSafeConfig, None, ["model.path=m", "data.train=d", "output.path=o", "generation.samples_per_prompt=0"])
-    with pytest.raises(ConfigError, match=r"dgr.refinment_prompt: Extra inputs"):
+    with pytest.raises(ConfigError, match=r"dgr.refinment_prompt: unknown key"):
         load_config(DGRConfig, None, ["model.path=m", "data.train=d", "output.path=o", "dgr.refinment_prompt=x"])
 
 

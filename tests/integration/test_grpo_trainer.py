@@ -61,12 +61,23 @@ def run(tmp_path, model, prompts, overrides, resume=False):
 
 
 @pytest.fixture(autouse=True, scope="module")
-def ray_session():
+def ray_session(tmp_path_factory):
+    """One local Ray for the module. Its workers build torch extensions (if any) in a directory
+    of their own, which must stay empty: a learner start compiles nothing (deepspeed_learner.py)."""
+    import os
+
     import ray
 
+    extensions = tmp_path_factory.mktemp("torch_extensions")
+    saved = os.environ.get("TORCH_EXTENSIONS_DIR")
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(extensions)  # inherited by the Ray workers
     ray.init(address="local", num_cpus=8, include_dashboard=False)
-    yield
+    yield extensions
     ray.shutdown()
+    if saved is None:
+        os.environ.pop("TORCH_EXTENSIONS_DIR")
+    else:
+        os.environ["TORCH_EXTENSIONS_DIR"] = saved
 
 
 @pytest.mark.parametrize(
@@ -119,31 +130,56 @@ def test_reward_rises_on_a_learnable_task(tmp_path, tiny_models, prompt_file):
     assert last - first >= 0.15, rewards_by_step
 
 
-def test_resume_reproduces_the_next_steps(tmp_path, tiny_models, prompt_file):
-    """Run 4 steps with a checkpoint every 2; resume a copy from step 1's checkpoint: steps 2-3
-    must reproduce the uninterrupted run's metrics (same prompts across the epoch boundary, same
-    sampling seeds, same optimizer state). 64 prompts / 16 per step: step 4 starts epoch 2."""
+def test_resume_reproduces_the_next_steps(tmp_path, tiny_models, prompt_file, caplog, ray_session):
+    """Run 4 steps with a checkpoint every 2; resume a copy whose step-3 checkpoint is damaged: the
+    resume refuses (before any actor starts) without a checkpoint or with a changed config, then
+    passes over the damaged step 3, says so, and resumes from step 1: steps 2-3 must reproduce
+    the uninterrupted run's metrics (same prompts across the epoch boundary, same sampling seeds,
+    same optimizer state). 64 prompts / 16 per step: step 4 starts epoch 2."""
+    import logging
     import shutil
 
+    import ray
+
+    from rl_safety.runs import RunError
+
+    caplog.set_level(logging.INFO)
     overrides = {"run.total_steps": 4, "run.save_every": 2, "run.keep_checkpoints": 3,
                  "algorithm.prompts_per_step": 16, "learner.micro_batch_size": 8}
     full_dir, _ = run(tmp_path / "full", tiny_models["tied"], prompt_file, overrides)
     full = read_metrics(full_dir)
 
-    # Simulate a run that died after step 1's checkpoint: keep only that checkpoint.
+    # A run that died after step 3's checkpoint, whose step-3 files were then damaged.
     cut = tmp_path / "cut"
     shutil.copytree(tmp_path / "full", cut)
     cut_dir = cut / "runs" / "t"
-    shutil.rmtree(cut_dir / "checkpoints" / "step_3")
     shutil.rmtree(cut_dir / "final")
-    resumed_dir, _ = run(cut, tiny_models["tied"], prompt_file,
-                         {**overrides, "run.output_dir": str(cut / "runs")}, resume=True)
+    cut_overrides = {**overrides, "run.output_dir": str(cut / "runs")}
+    checkpoints = cut_dir / "checkpoints"
+    aside = cut / "aside"
+    shutil.move(checkpoints, aside)
+    checkpoints.mkdir()
+    with pytest.raises(RunError, match="--resume: no intact checkpoint under"):
+        run(cut, tiny_models["tied"], prompt_file, cut_overrides, resume=True)
+    shutil.rmtree(checkpoints)
+    shutil.move(aside, checkpoints)
+    with pytest.raises(RunError, match=r"in algorithm.group_size \(4 recorded, 8 now\).*--allow-config-change"):
+        run(cut, tiny_models["tied"], prompt_file, {**cut_overrides, "algorithm.group_size": 8}, resume=True)
+    assert not ray.util.list_named_actors()  # both refused before any actor started
+    shard = next((checkpoints / "step_3").rglob("*model_states.pt"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a torn copy
+
+    resumed_dir, _ = run(cut, tiny_models["tied"], prompt_file, cut_overrides, resume=True)
+    assert f"checkpoint {checkpoints / 'step_3'} is damaged and will not be loaded" in caplog.text
+    assert f"resumed from {checkpoints / 'step_1'} at step 2" in caplog.text
     resumed = read_metrics(resumed_dir)
     assert [m["step"] for m in resumed] == [0, 1, 2, 3]
     for key in ("reward/char_fraction/mean", "response_length/mean", "train/loss", "train/grad_norm",
                 "rollout_learner_logprob_diff"):
         for step in (2, 3):
             assert resumed[step][key] == pytest.approx(full[step][key], rel=1e-4, abs=1e-6), (key, step)
+    assert (checkpoints / "step_3" / "manifest.json").exists()  # step 3 written again, intact
+    assert not list(ray_session.iterdir())  # no learner start built a torch extension (no build lock to leave)
 
 
 def test_more_learner_ranks_than_cpus_fails_before_any_actor(tmp_path, tiny_models, prompt_file):

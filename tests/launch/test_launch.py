@@ -49,7 +49,9 @@ def test_slurm_dry_run_starts_head_then_workers_then_the_job():
                     "--resume", SLURM_JOB_NODELIST="gpu[07-08]", SLURM_NNODES="2", SLURM_SUBMIT_DIR="/shared/me",
                     SLURM_CPUS_PER_TASK="64")
     commands = [shlex.split(line) for line in lines if not line.startswith("#")]
-    head, worker, job = commands
+    token, head, worker, job = commands
+    assert token == ["ray", "get-auth-token", "--generate", ">/dev/null"]  # before any node starts
+    assert "--dashboard-host=127.0.0.1" in head
     assert head[:5] == ["srun", "--nodes=1", "--ntasks=1", "-w", "gpu07"]
     assert head[5:9] == ["ray", "start", "--head", "--block"] and "--port=6379" in head
     assert {"--num-gpus=8", "--num-cpus=64"} <= set(head) and {"--num-gpus=8", "--num-cpus=64"} <= set(worker)
@@ -72,8 +74,10 @@ def test_slurm_dry_run_expands_a_mixed_node_list():
 
 def test_local_head_dry_run_points_the_job_at_the_head_it_starts():
     lines = dry_run("local_head.sh", "c.yaml", "run.total_steps=2", RAY_PORT="6390", NUM_CPUS="8")
-    head, job = (shlex.split(line) for line in lines)
+    token, head, job = (shlex.split(line) for line in lines)
+    assert token[:3] == ["ray", "get-auth-token", "--generate"]
     assert head[:4] == ["setsid", "ray", "start", "--head"] and {"--port=6390", "--num-cpus=8"} <= set(head)
+    assert "--dashboard-host=127.0.0.1" in head  # the job API is not on the network
     assert job[1:] == ["-m", "rl_safety", "grpo", "--config", "c.yaml", "cluster.address=127.0.0.1:6390",
                        "run.total_steps=2"]
 
@@ -88,6 +92,28 @@ def test_ray_job_submit_dry_run_ships_the_repository_as_working_dir():
     assert ".venv" in json.loads(options["--runtime-env-json"])["excludes"]
     assert args[split + 1:] == ["python", "-m", "rl_safety", "grpo", "--config", "c.yaml", "cluster.address=auto",
                                 "run.output_dir=/nfs/runs", "--resume"]
+
+
+def test_ray_job_submit_dry_run_masks_secrets():
+    env = json.dumps({"env_vars": {"HF_TOKEN": "hf_secret123", "WANDB_API_KEY": "w-secret"}, "pip": ["x"]})
+    (line,) = dry_run("ray_job_submit.sh", "c.yaml", RAY_ADDRESS="https://me:p4ss@head:8265", RUNTIME_ENV_JSON=env)
+    assert "secret" not in line and "p4ss" not in line
+    options = dict(a.split("=", 1) for a in shlex.split(line)[3:] if a.startswith("--") and "=" in a)
+    assert json.loads(options["--runtime-env-json"]) == {"env_vars": {"HF_TOKEN": "***", "WANDB_API_KEY": "***"},
+                                                         "pip": ["x"]}
+    assert options["--address"] == "https://me:***@head:8265"
+
+
+def test_every_launch_path_requires_auth_for_the_dashboard():
+    """Each way of starting a cluster either keeps the dashboard / job API on 127.0.0.1 or turns
+    token authentication on (the job API runs any code it is sent)."""
+    for script in ("local_head.sh", "slurm_grpo.sbatch"):
+        text = (LAUNCH / script).read_text()
+        assert "export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}" in text and "--dashboard-host=127.0.0.1" in text
+    cluster = yaml.safe_load((LAUNCH / "kuberay_rayjob.yaml").read_text())["spec"]["rayClusterSpec"]
+    assert cluster["authOptions"] == {"mode": "token"}
+    hosts = [g["rayStartParams"].get("dashboard-host") for g in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]]
+    assert all(h in (None, "127.0.0.1") or cluster["authOptions"]["mode"] == "token" for h in hosts)
 
 
 def test_rayjob_manifest_runs_rl_safety_grpo_on_a_cluster_that_fits_it():

@@ -48,7 +48,7 @@ def test_duplicate_name_and_unknown_name(scratch_rewards):
     scratch_rewards("t_dup", lambda prompts, completions, **kw: [0.0] * len(prompts))
     with pytest.raises(ValueError, match="t_dup"):
         rewards.register("t_dup")(lambda prompts, completions, **kw: [1.0] * len(prompts))
-    with pytest.raises(KeyError, match="no reward named 'nope'.*safety"):
+    with pytest.raises(rewards.RewardSetupError, match="no reward named 'nope'.*safety"):
         rewards.get("nope")
 
 
@@ -67,12 +67,32 @@ def test_load_module(tmp_path):
 
 
 def test_load_module_errors_name_the_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.py"):
+    with pytest.raises(rewards.RewardSetupError, match="missing.py does not exist"):
         rewards.load_module(tmp_path / "missing.py")
     broken = tmp_path / "broken.py"
     broken.write_text("import rewards\nraise RuntimeError('boom')\n")
-    with pytest.raises(ImportError, match=r"broken\.py.*boom"):
+    with pytest.raises(rewards.RewardSetupError, match=r"broken\.py failed to import: RuntimeError: boom"):
         rewards.load_module(broken)
+    exits = tmp_path / "exits.py"
+    exits.write_text("import sys\nsys.exit(0)\n")  # would end the whole command with status 0
+    with pytest.raises(rewards.RewardSetupError, match=r"exits\.py called sys.exit\(0\)"):
+        rewards.load_module(exits)
+
+
+def test_check_args_refuses_misspelt_and_missing_arguments():
+    rewards.check_args("overlong_penalty", {"max_length": 10, "cache_length": 2})
+    with pytest.raises(rewards.RewardSetupError, match="takes no argument 'max_lenght'"):
+        rewards.check_args("overlong_penalty", {"max_lenght": 10, "cache_length": 2})
+    with pytest.raises(rewards.RewardSetupError, match="needs argument.*cache_length"):
+        rewards.check_args("overlong_penalty", {"max_length": 10})
+
+
+def test_a_reward_that_exits_is_a_reward_error(scratch_rewards):
+    import sys
+
+    scratch_rewards("t_exit", lambda prompts, completions, **kw: sys.exit(3))
+    with pytest.raises(rewards.RewardError, match=r"'t_exit' called sys.exit\(3\)"):
+        rewards.score([rewards.RewardSpec("t_exit")], ["p"], ["c"], {})
 
 
 def test_score_passes_columns_and_args(scratch_rewards):

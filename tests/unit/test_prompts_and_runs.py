@@ -9,7 +9,7 @@ import torch
 
 from rl_safety.data.prompts import DatasetError, PromptExample, PromptSampler, build_prompts
 from rl_safety.rollout.vllm_engine import Completion
-from rl_safety.runs import RunDirectory
+from rl_safety.runs import RunDirectory, RunError
 from rl_safety.trainers.grpo import Sample, build_batch
 
 
@@ -72,9 +72,58 @@ def test_checkpoint_commit_is_atomic_and_rotates(tmp_path):
     (run.partial_checkpoint(7) / "weights").mkdir(parents=True)
     path, state = run.latest_checkpoint()
     assert path.name == "step_5" and state == {"step": 5}
-    with pytest.raises(FileExistsError):
+    with pytest.raises(RunError, match="already holds a run"):
         run.log_metrics(0, {"a": 1.0})
         RunDirectory(tmp_path / "run").create(resume=False)
+
+
+def test_a_committed_checkpoint_carries_a_manifest_of_its_files(tmp_path):
+    import hashlib
+
+    run = RunDirectory(tmp_path / "run")
+    run.create(resume=False)
+    partial = run.partial_checkpoint(1)
+    (partial / "deepspeed").mkdir(parents=True)
+    (partial / "deepspeed" / "model.pt").write_bytes(b"weights" * 100)
+    path = run.commit_checkpoint(1, {"step": 1}, keep=2)
+    files = json.loads((path / "manifest.json").read_text())["files"]
+    assert sorted(files) == ["deepspeed/model.pt", "driver_state.json"]
+    for name, entry in files.items():  # an independent recomputation of what the manifest claims
+        data = (path / name).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_resume_passes_over_a_damaged_checkpoint_and_foreign_directories(tmp_path, caplog):
+    run = RunDirectory(tmp_path / "run")
+    run.create(resume=False)
+    for step in (1, 3):
+        (run.partial_checkpoint(step) / "deepspeed").mkdir(parents=True)
+        (run.partial_path(step) / "deepspeed" / "model.pt").write_bytes(bytes([step]) * 64)
+        run.commit_checkpoint(step, {"step": step}, keep=3)
+    (run.checkpoints / "step_9.bak").mkdir()  # not ours: ignored, not a ValueError
+    (run.checkpoints / "step_9.bak" / "driver_state.json").write_text('{"step": 9}')
+    assert [p.name for p in run.complete_checkpoints()] == ["step_1", "step_3"]
+
+    (run.checkpoints / "step_3" / "deepspeed" / "model.pt").write_bytes(bytes([7]) * 64)  # same size, other bytes
+    path, state = RunDirectory(tmp_path / "run").latest_checkpoint()
+    assert path.name == "step_1" and state == {"step": 1}
+    assert "step_3 is damaged and will not be loaded: deepspeed/model.pt does not match its SHA-256" in caplog.text
+    (run.checkpoints / "step_1" / "deepspeed" / "extra.pt").write_bytes(b"planted")
+    checked = RunDirectory(tmp_path / "run")
+    assert checked.latest_checkpoint() is None
+    assert "extra.pt is not in the manifest" in checked.damaged[run.checkpoints / "step_1"]
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_a_broken_one_refused(tmp_path, caplog):
+    run = RunDirectory(tmp_path / "run")
+    run.create(resume=False)
+    run.metrics_path.write_text('{"step": 0, "loss": 1.0}\n{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
+    run.truncate_metrics(1)
+    assert [json.loads(line)["step"] for line in run.metrics_path.read_text().splitlines()] == [0, 1]
+    assert "line 3 is incomplete" in caplog.text
+    run.metrics_path.write_text('{"step": 0}\nnot json\n{"step": 2}\n')
+    with pytest.raises(RunError, match="metrics.jsonl line 2: not a metrics row"):
+        run.truncate_metrics(2)
 
 
 def test_tensorboard_sink_writes_events(tmp_path):
