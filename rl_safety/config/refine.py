@@ -63,7 +63,7 @@ class FilterGuard(Guard):
 
     model: str = Field("meta-llama/Llama-Guard-3-8B", description="guard checkpoint: hub id or path")
     view: Literal["answer", "full"] = Field("full", description="the authors judge the full response, thought included")
-    max_model_len: int = Field(24576, description="the judge's context: prompt + response + its template must fit")
+    max_model_len: int = Field(24576, ge=2, description="the judge's context: prompt + response + its template must fit")
 
 
 class ThinkSafeSection(Section):

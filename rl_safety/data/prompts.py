@@ -27,8 +27,8 @@ def load_rows(source: str, split: str = "train", config: str | None = None) -> l
     try:
         dataset = load_dataset(source, config, split=split)
     except Exception as err:  # the hub, the network, an unknown config or split: all the user's to fix
-        raise DatasetError(f"{source} (config {config!r}, split {split!r}): not a local data file, and not loadable "
-                           f"as a Hugging Face dataset: {' '.join(str(err).split())[:300]}") from None
+        raise DatasetError(f"{source} (config {config!r}, split {split!r}): {' '.join(str(err).split())[:300]} "
+                           "(not a local data file, and it does not load as a Hugging Face dataset)") from None
     return [dict(row) for row in dataset]
 
 

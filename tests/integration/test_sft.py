@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from rl_safety.config import SFTConfig, load_config
+from rl_safety.runs import RunError
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +34,8 @@ def sft_data(tmp_path_factory) -> Path:
     return path
 
 
-def run_sft(tmp_path: Path, model: Path, data: Path, overrides: dict, resume: bool = False) -> tuple[Path, Path]:
+def run_sft(tmp_path: Path, model: Path, data: Path, overrides: dict, resume: bool = False,
+            allow_config_change: tuple[str, ...] = ()) -> tuple[Path, Path]:
     from rl_safety.trainers.sft import run_sft as run
 
     config = {"model": {"path": str(model), "dtype": "float32"}, "data": {"train": str(data), "max_tokens": 128},
@@ -49,7 +51,7 @@ def run_sft(tmp_path: Path, model: Path, data: Path, overrides: dict, resume: bo
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "sft.yaml").write_text(yaml.safe_dump(config))
     cfg = load_config(SFTConfig, tmp_path / "sft.yaml")
-    final = run(cfg, str(tmp_path / "sft.yaml"), resume=resume)
+    final = run(cfg, str(tmp_path / "sft.yaml"), resume=resume, allow_config_change=list(allow_config_change))
     return Path(cfg.run.output_dir) / cfg.run.name, final
 
 
@@ -126,9 +128,13 @@ def test_resume_at_an_epoch_boundary_trains_the_remaining_epochs(tmp_path, tiny_
     cut_dir, _ = run_sft(tmp_path / "cut", tiny_models["untied"], sft_data, {**common, "training.max_steps": 2})
     shutil.rmtree(cut_dir / "final")
     assert [p.name for p in sorted((cut_dir / "checkpoints").iterdir())] == ["step_2"]
-    with pytest.raises(FileExistsError, match="already holds a run: pass --resume"):
+    with pytest.raises(RunError, match="already holds a run: pass --resume"):
         run_sft(tmp_path / "cut", tiny_models["untied"], sft_data, common)
-    resumed_dir, resumed = run_sft(tmp_path / "cut", tiny_models["untied"], sft_data, common, resume=True)
+    # the cut run had training.max_steps=2: resuming without it is a config change, said out loud
+    with pytest.raises(RunError, match=r"in training.max_steps \(2 recorded, None now\)"):
+        run_sft(tmp_path / "cut", tiny_models["untied"], sft_data, common, resume=True)
+    resumed_dir, resumed = run_sft(tmp_path / "cut", tiny_models["untied"], sft_data, common, resume=True,
+                                   allow_config_change=("training.max_steps",))
 
     whole_metrics, resumed_metrics = _metrics(whole_dir), _metrics(resumed_dir)
     assert [m["step"] for m in resumed_metrics] == [1, 2, 3, 4]  # steps 3 and 4 were trained, once each
