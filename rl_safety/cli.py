@@ -27,6 +27,10 @@ def _grpo(argv: list[str]) -> int:
 
 
 def _rewards(argv: list[str]) -> int:
+    if argv and argv[0] == "refusal-accuracy":  # an evaluation of the rewards' detector, kept in eval/
+        from rl_safety.eval import detector
+
+        return detector.main(argv[1:])
     from rewards import lab
 
     return lab.main(argv)
