@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rewards.registry import register
-from rewards.text import completion_text, split_response
+from rewards.text import full_response, responses
 
 log = logging.getLogger(__name__)
 
@@ -208,38 +208,82 @@ def judge_outputs(judge_prompts: list, max_tokens: int, *, model: str, num_gpus:
     return ray.get(method.remote(judge_prompts, max_tokens))
 
 
-@register("guard_judge")
-def guard_judge(prompts: list[str], completions: list, *, model: str, format: str = "llama_guard_3",
-                target: str = "harmless", view: str = "answer", on_unparseable: str = "raise",
-                max_response_chars: int | None = None, num_gpus: float | None = None, num_cpus: float = 1,
-                max_model_len: int = 8192, vllm_kwargs: dict[str, Any] | None = None,
-                **_: object) -> list[float | None]:
-    """A guard model's verdict on each response as a reward.
+@dataclass(frozen=True)
+class GuardConfig:
+    """A guard model served by vLLM, as configured under `guard_judge`'s or `safety`'s `guard` args.
 
     model: the guard checkpoint (hub id or path). format: "llama_guard_3" or "wildguard".
-    target: "harmless" -> 1.0 when the judge finds the response safe, 0.0 when harmful (ThinkSafe's
-        guard reward with hard labels); "refusal" -> 1.0 when the judge says the response refuses
-        (WildGuard only).
-    view: "answer" judges the final answer (the whole text when there is none: a thought cut off
-        mid-way may hold the harm); "full" judges reasoning and answer together.
     on_unparseable: "raise" (default) fails the step, naming the sample and the judge's output;
         "abstain" gives None for that sample and logs it.
     max_response_chars: keep only the end of longer responses (the judge's context is finite).
     num_gpus / num_cpus: resources of the judge's actor (num_gpus None: 1 if the cluster has GPUs).
-    vllm_kwargs: extra `vllm.LLM` arguments (dtype, gpu_memory_utilization, kv_cache_memory_bytes...).
+    max_model_len: the guard engine's context. vllm_kwargs: extra `vllm.LLM` arguments (dtype,
+        gpu_memory_utilization, kv_cache_memory_bytes...).
     """
-    if format not in FORMATS:
-        raise ValueError(f"guard_judge: unknown format {format!r}; choose from {sorted(FORMATS)}")
-    if target not in ("harmless", "refusal") or (target == "refusal" and format != "wildguard"):
-        raise ValueError(f"guard_judge: target={target!r} with format={format!r}; 'refusal' needs 'wildguard'")
-    if view not in ("answer", "full") or on_unparseable not in ("raise", "abstain"):
-        raise ValueError(f"guard_judge: view={view!r} (answer|full), on_unparseable={on_unparseable!r} (raise|abstain)")
-    guard = FORMATS[format]
-    responses = judged_responses(completions, view, max_response_chars)
-    outputs = judge_outputs([guard.build(p, r) for p, r in zip(prompts, responses, strict=True)], guard.max_tokens,
-                            model=model, num_gpus=num_gpus, num_cpus=num_cpus, max_model_len=max_model_len,
-                            vllm_kwargs=dict(vllm_kwargs or {}))
-    return judged_values(outputs, guard.parse, target, on_unparseable)
+
+    model: str
+    format: str = "llama_guard_3"
+    on_unparseable: str = "raise"
+    max_response_chars: int | None = None
+    num_gpus: float | None = None
+    num_cpus: float = 1
+    max_model_len: int = 8192
+    vllm_kwargs: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"guard format {self.format!r}; choose from {sorted(FORMATS)}")
+        if self.on_unparseable not in ("raise", "abstain"):
+            raise ValueError(f"on_unparseable={self.on_unparseable!r} (raise|abstain)")
+
+    def verdicts(self, prompts: list[str], responses_: list[str], judge: str = "guard") -> list[Verdict | None]:
+        """The guard's parsed verdict on each (prompt, response); None where it abstains (logged
+        under `judge`)."""
+        guard = FORMATS[self.format]
+        outputs = judge_outputs([guard.build(p, r) for p, r in zip(prompts, responses_, strict=True)], guard.max_tokens,
+                                model=self.model, num_gpus=self.num_gpus, num_cpus=self.num_cpus,
+                                max_model_len=self.max_model_len, vllm_kwargs=dict(self.vllm_kwargs or {}))
+        return values_or_abstain(outputs, guard.parse, self.on_unparseable, judge)
+
+
+_GUARD_KEYS = ("model", "format", "on_unparseable", "max_response_chars", "num_gpus", "num_cpus", "max_model_len",
+               "vllm_kwargs")
+
+
+def _check_guard_judge(args: dict[str, Any]) -> None:
+    GuardConfig(**{k: v for k, v in args.items() if k in _GUARD_KEYS})
+    target, view, fmt = args.get("target", "harmless"), args.get("view", "answer"), args.get("format", "llama_guard_3")
+    if target not in ("harmless", "refusal") or (target == "refusal" and fmt != "wildguard"):
+        raise ValueError(f"target={target!r} with format={fmt!r}: 'harmless', or 'refusal' with 'wildguard'")
+    if view not in ("answer", "full"):
+        raise ValueError(f"view={view!r} (answer|full)")
+
+
+@register("guard_judge", validate=_check_guard_judge)
+def guard_judge(prompts: list[str], completions: list, prompt_opens_think: list | None = None, *, model: str,
+                format: str = "llama_guard_3", target: str = "harmless", view: str = "answer",
+                on_unparseable: str = "raise", max_response_chars: int | None = None, num_gpus: float | None = None,
+                num_cpus: float = 1, max_model_len: int = 8192, vllm_kwargs: dict[str, Any] | None = None,
+                **_: object) -> list[float | None]:
+    """A guard model's verdict on each response as a reward.
+
+    target: "harmless" -> 1.0 when the judge finds the response safe, 0.0 when harmful (ThinkSafe's
+        guard reward with hard labels; `guard_p_safe` is the soft one); "refusal" -> 1.0 when the
+        judge says the response refuses (WildGuard only).
+    view: "answer" judges the final answer (the whole text when there is none: a thought cut off
+        mid-way may hold the harm); "full" judges reasoning and answer together.
+    The other arguments configure the guard: see `GuardConfig`.
+    """
+    args = dict(model=model, format=format, on_unparseable=on_unparseable, max_response_chars=max_response_chars,
+                num_gpus=num_gpus, num_cpus=num_cpus, max_model_len=max_model_len, vllm_kwargs=vllm_kwargs)
+    try:
+        _check_guard_judge({**args, "target": target, "view": view})
+    except ValueError as err:
+        raise ValueError(f"guard_judge: {err}") from None
+    verdicts = GuardConfig(**args).verdicts(
+        prompts, judged_responses(completions, view, max_response_chars, prompt_opens_think), "guard_judge")
+    return [None if v is None else float(not v.harmful) if target == "harmless" else float(bool(v.refusal))
+            for v in verdicts]
 
 
 # ThinkSafe's grpo_train.py: a verdict token missing from the returned top logprobs counts as this.
@@ -256,7 +300,8 @@ def p_safe(logprob_safe: float | None, logprob_unsafe: float | None) -> float:
 
 
 @register("guard_p_safe")
-def guard_p_safe(prompts: list[str], completions: list, *, model: str, view: str = "full",
+def guard_p_safe(prompts: list[str], completions: list, prompt_opens_think: list | None = None, *, model: str,
+                 view: str = "full",
                  top_logprobs: int = 20, max_response_chars: int | None = None, num_gpus: float | None = None,
                  num_cpus: float = 1, max_model_len: int = 8192, vllm_kwargs: dict[str, Any] | None = None,
                  **_: object) -> list[float]:
@@ -273,10 +318,10 @@ def guard_p_safe(prompts: list[str], completions: list, *, model: str, view: str
         raise ValueError(f"guard_p_safe: view={view!r} (answer|full)")
     import ray
 
-    responses = judged_responses(completions, view, max_response_chars)
+    judged = judged_responses(completions, view, max_response_chars, prompt_opens_think)
     server = judge_server(GuardServer, {"model": model, "max_model_len": max_model_len, **dict(vllm_kwargs or {})},
                           num_gpus=num_gpus, num_cpus=num_cpus)
-    judge_prompts = [llama_guard_3_prompt(p, r) for p, r in zip(prompts, responses, strict=True)]
+    judge_prompts = [llama_guard_3_prompt(p, r) for p, r in zip(prompts, judged, strict=True)]
     logprobs = ray.get(server.first_token_logprobs.remote(judge_prompts, ["safe", "unsafe"], top_logprobs))
     missing = sum(lp is None for pair in logprobs for lp in pair)
     if missing:
@@ -285,34 +330,24 @@ def guard_p_safe(prompts: list[str], completions: list, *, model: str, view: str
     return [p_safe(safe, unsafe) for safe, unsafe in logprobs]
 
 
-def judged_responses(completions: list, view: str, max_response_chars: int | None) -> list[str]:
+def judged_responses(completions: list, view: str, max_response_chars: int | None,
+                     prompt_opens_think: list | None = None) -> list[str]:
     """What a judge sees of each completion: with view "answer" the final answer (the whole text
     when there is none: a thought cut off mid-way may hold the harm), with "full" everything;
-    only the last `max_response_chars` characters of longer ones."""
-    responses = []
-    for completion in completions:
-        text = completion_text(completion)
-        answer = split_response(text).answer if view == "answer" else None
-        response = text if answer is None else answer
-        responses.append(response[-max_response_chars:] if max_response_chars else response)
-    return responses
+    only the last `max_response_chars` characters of longer ones. `prompt_opens_think`: the
+    text contract's per-sample flag (`rewards.text.split_response`)."""
+    flags = prompt_opens_think if prompt_opens_think is not None else [False] * len(completions)
+    out = []
+    for completion, opens, response in zip(completions, flags, responses(completions, prompt_opens_think), strict=True):
+        judged = response.answer if view == "answer" and response.answer is not None else full_response(completion, opens)
+        out.append(judged[-max_response_chars:] if max_response_chars else judged)
+    return out
 
 
-def judged_values(outputs: list[str], parse: Callable[[str], Verdict], target: str,
-                  on_unparseable: str) -> list[float | None]:
-    """Rewards from raw judge outputs (see `guard_judge` for `target` and `on_unparseable`)."""
-    def value(output: str) -> float:
-        verdict = parse(output)
-        return float(not verdict.harmful) if target == "harmless" else float(bool(verdict.refusal))
-
-    return values_or_abstain(outputs, value, on_unparseable, "guard_judge")
-
-
-def values_or_abstain(outputs: list[str], value: Callable[[str], float], on_unparseable: str,
-                      judge: str) -> list[float | None]:
+def values_or_abstain(outputs: list, value: Callable[[Any], Any], on_unparseable: str, judge: str) -> list:
     """`value(output)` for each judge output; one that raises JudgeOutputError fails the call
     ("raise", naming the sample) or gives None ("abstain", logged)."""
-    values: list[float | None] = []
+    values: list = []
     for i, output in enumerate(outputs):
         try:
             values.append(value(output))

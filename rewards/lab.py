@@ -1,8 +1,12 @@
 """The reward lab: score saved rollouts with several rewards and see how they behave before
-spending a GPU on them.
+spending a GPU on them, and probe rewards for the ways a policy could game them.
 
     rl-safety rewards score --rollouts FILE.jsonl --rewards NAME[,NAME...] [--reward-module PATH]
         [--arg NAME.KEY=VALUE ...] [--top K] [--plots DIR]
+    rl-safety rewards probe [--rewards NAME[,NAME...] | --config GRPO.yaml] [--probes FILE] ...
+        (see rewards/probes.py)
+    rl-safety rewards refusal-accuracy   (the refusal detector against human labels:
+        rl_safety/eval/detector.py)
     python -m rewards.lab score ...   (the same)
 
 Each JSONL row needs `prompt` and `completion`; every other field is passed to the rewards as a
@@ -21,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import rewards
-from rewards.text import completion_text, split_response
+from rewards import probes as probe_suite
+from rewards.text import completion_text, responses
 
 # Fields of the trainer's rollout files that are results, not dataset columns.
 _NOT_COLUMNS = {"prompt", "completion", "rewards", "reward", "advantage"}
@@ -87,14 +92,8 @@ def _snippet(text: str, width: int = 100) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
-def _answer_snippet(completion: Any) -> str:
-    """The start of the final answer (what the safety rewards judge), or of the unfinished thought."""
-    response = split_response(completion_text(completion))
-    return _snippet(response.answer) if response.answer is not None else "(no answer) " + _snippet(response.reasoning)
-
-
 def report(raw: dict[str, list[float | None]], prompts: list[str], completions: list[Any],
-           lengths: list[int], top: int) -> str:
+           lengths: list[int], top: int, prompt_opens_think: list | None = None) -> str:
     """The lab's plain-text report."""
     n, names = len(prompts), list(raw)
     width = max(12, *(len(name) for name in names))
@@ -111,11 +110,14 @@ def report(raw: dict[str, list[float | None]], prompts: list[str], completions: 
         for a in names:
             lines.append(f"{a:<{width}}  " + "  ".join(f"{_fmt(pearson(raw[a], raw[b])):>8}" for b in names))
         lines += ["", f"top {top} disagreements (spread of z-scored rewards)"]
+        split = responses(completions, prompt_opens_think)
         for i, spread in disagreements(raw, top):
+            answer = split[i].answer
+            shown = _snippet(answer) if answer is not None else f"(no answer: {split[i].state}) " + _snippet(split[i].reasoning)
             scores = ", ".join(f"{name}={'None' if raw[name][i] is None else f'{raw[name][i]:.3g}'}" for name in names)
             lines += [f"  #{i} spread {spread:.2f}: {scores}",
                       f"      prompt:     {_snippet(prompts[i])}",
-                      f"      answer:     {_answer_snippet(completions[i])}"]
+                      f"      answer:     {shown}"]
     return "\n".join(lines)
 
 
@@ -176,6 +178,17 @@ def _reward_args(pairs: list[str], names: list[str]) -> dict[str, dict[str, Any]
     return args
 
 
+def _specs(names_arg: str, pairs: list[str], modules: list[str]) -> list[rewards.RewardSpec]:
+    """Checked specs of `--rewards`, `--arg` and `--reward-module` (errors name the problem)."""
+    for path in modules:
+        rewards.load_module(path)
+    names = [name.strip() for name in names_arg.split(",") if name.strip()]
+    for name in names:
+        rewards.get(name)
+    reward_args = _reward_args(pairs, names)
+    return [rewards.RewardSpec(name, args=reward_args[name]) for name in names]
+
+
 def _score_command(argv: list[str]) -> int:
     from rl_safety.errors import ArgumentParser, UsageError
 
@@ -189,27 +202,52 @@ def _score_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.top < 0:
         raise UsageError(f"--top {args.top}: must be 0 or more")
-    for path in args.reward_module:
-        rewards.load_module(path)
-    names = [name.strip() for name in args.rewards.split(",") if name.strip()]
-    if not names:
+    specs = _specs(args.rewards, args.arg, args.reward_module)
+    if not specs:
         raise UsageError(f"--rewards {args.rewards!r} names no reward")
-    for name in names:
-        rewards.get(name)
-    reward_args = _reward_args(args.arg, names)
     prompts, completions, columns = read_rollouts(args.rollouts)
-    raw = rewards.score([rewards.RewardSpec(name, args=reward_args[name]) for name in names],
-                        prompts, completions, columns)
+    raw = rewards.score(specs, prompts, completions, columns)
     lengths = [len(completion_text(c)) for c in completions]
-    print(report(raw, prompts, completions, lengths, args.top))
+    print(report(raw, prompts, completions, lengths, args.top, columns.get("prompt_opens_think")))
     if args.plots:
         for path in plot(raw, lengths, Path(args.plots)):
             print(f"wrote {path}")
     return 0
 
 
-USAGE = ("rl-safety rewards score --rollouts FILE.jsonl --rewards NAME[,NAME...] [--reward-module PATH] "
-         "[--arg NAME.KEY=VALUE] [--top K] [--plots DIR]")
+def _probe_command(argv: list[str]) -> int:
+    from rl_safety.errors import ArgumentParser
+
+    parser = ArgumentParser(prog="rl-safety rewards probe", description=probe_suite.__doc__.split("\n\n")[0])
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--rewards", default="", help="comma-separated registered reward names")
+    chosen.add_argument("--config", help="a GRPO config: probe its `rewards` (with their args and reward_modules)")
+    parser.add_argument("--probes", default=str(probe_suite.BUILT_IN), help="probe file (YAML or JSONL; default: built-in)")
+    parser.add_argument("--reward-module", action="append", default=[], help="a .py file registering rewards (repeatable)")
+    parser.add_argument("--arg", action="append", default=[], help="NAME.KEY=VALUE reward argument (repeatable)")
+    args = parser.parse_args(argv)
+    if args.config:
+        from rl_safety.config import GRPOConfig
+        from rl_safety.config.loader import load_config
+        from rl_safety.orchestration.reward_pool import load_reward_specs
+
+        cfg = load_config(GRPOConfig, args.config)
+        specs = load_reward_specs(cfg.rewards, [*cfg.reward_modules, *args.reward_module])
+    else:
+        specs = _specs(args.rewards, args.arg, args.reward_module)
+    probes = probe_suite.load_probes(args.probes)
+    raw = probe_suite.run_probes(specs, probes)
+    reference = probe_suite.run_probes([rewards.RewardSpec("safety")], probes)["safety"]
+    print(probe_suite.report({**raw, "safety (default args)": reference}, probes))
+    return 1 if probe_suite.failures(reference, probes) else 0
+
+
+USAGE = ("rl-safety rewards {score,probe,refusal-accuracy} ...\n"
+         "  score --rollouts FILE.jsonl --rewards NAME[,NAME...] [--reward-module PATH] [--arg NAME.KEY=VALUE] "
+         "[--top K] [--plots DIR]\n"
+         "  probe [--rewards NAME[,NAME...] | --config GRPO.yaml] [--probes FILE] [--reward-module PATH] "
+         "[--arg NAME.KEY=VALUE]\n"
+         "  refusal-accuracy [--xstest-dir DIR] [--heldout FILE]")
 
 
 def main(argv: list[str]) -> int:
@@ -217,7 +255,7 @@ def main(argv: list[str]) -> int:
     error boundary (`rl_safety.cli`, or `__main__` below)."""
     from rl_safety.errors import UsageError
 
-    commands = {"score": _score_command}
+    commands = {"score": _score_command, "probe": _probe_command}
     if argv and argv[0] in ("-h", "--help"):
         print(f"usage: {USAGE}")
         return 0

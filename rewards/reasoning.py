@@ -7,41 +7,18 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import threading
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import Any
 
+from rewards.bounded import BoundedCaller
 from rewards.registry import register, require_column
-from rewards.text import completion_text, split_response
+from rewards.text import THINK_CLOSE, THINK_OPEN, completion_text, responses, split_response
 
 log = logging.getLogger(__name__)
 
-VERIFY_TIMEOUT_S = 10.0
+VERIFY_TIMEOUT_S = 5.0  # per answer; an overrun counts as wrong
 _MAX_ANSWER_CHARS = 4000  # the tail of a rambling answer is where its result is; bounds SymPy's input
-
-
-def _run_bounded(fn: Callable[[], Any], timeout_s: float) -> Any:
-    """`fn()` in a daemon thread, waited on for `timeout_s`. math-verify's own timeouts use
-    SIGALRM, which only works on the main thread (in Ray workers or threads it raises, and a
-    wrapper that swallows that scores every answer 0), so they are disabled and bounded here.
-    A computation that overruns cannot be killed; it finishes in the background."""
-    result: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            result["value"] = fn()
-        except BaseException as err:  # re-raised in the caller's thread
-            result["error"] = err
-
-    thread = threading.Thread(target=target, daemon=True, name="verify_math")
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise TimeoutError(f"math verification took over {timeout_s} s")
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
 @functools.cache
@@ -63,39 +40,54 @@ def _math_verify():
 
 
 @functools.lru_cache(maxsize=4096)
-def parse_gold(gold: str) -> tuple:
+def _parse_gold(gold: str) -> tuple:
     """A reference answer parsed by math-verify (empty when it cannot be parsed). Plain answers
     ("\\frac{1}{2}", "1,000") are boxed first so the LaTeX extractor reads them whole."""
     math_verify, _ = _math_verify()
     text = gold if "\\boxed" in gold or "$" in gold else f"\\boxed{{{gold}}}"
-    return tuple(_run_bounded(lambda: math_verify.parse(text, parsing_timeout=None), VERIFY_TIMEOUT_S))
+    return tuple(math_verify.parse(text, parsing_timeout=None))
 
 
-def verify_math(prediction: str, gold: str) -> bool:
-    """True when the final answer of `prediction` (a completion; its last `\\boxed{}` first, else
-    the last expression) equals `gold` mathematically: fractions vs decimals, radicals,
-    expanded vs factored expressions, thousands separators, units and \\text{} ignored.
-    Safe off the main thread; a verification that overruns `VERIFY_TIMEOUT_S` counts as wrong
-    (and is logged). Raises ValueError when `gold` cannot be parsed (a dataset problem)."""
-    answer = split_response(completion_text(prediction)).answer
-    if not answer:
-        return False
-    gold_parsed = parse_gold(gold)
+def _verify_in_child(answer: str, gold: str) -> bool | None:
+    """Runs in the bounded child process (math-verify's SIGALRM timeouts off: the child is
+    killed instead). None when the gold cannot be parsed."""
+    gold_parsed = _parse_gold(gold)
     if not gold_parsed:
-        raise ValueError(f"reference answer {gold!r} cannot be parsed as math")
+        return None
     math_verify, prediction_config = _math_verify()
-    answer = answer[-_MAX_ANSWER_CHARS:]
+    parsed = math_verify.parse(answer, prediction_config, parsing_timeout=None)
+    return bool(parsed) and bool(math_verify.verify(list(gold_parsed), parsed, timeout_seconds=None))
 
-    def check() -> bool:
-        parsed = math_verify.parse(answer, prediction_config, parsing_timeout=None)
-        return bool(parsed) and math_verify.verify(list(gold_parsed), parsed, timeout_seconds=None)
 
+_CALLER = BoundedCaller(warmup=_math_verify)
+
+
+def verify_math(completion: str, gold: str, *, prompt_opens_think: bool = False,
+                timeout_s: float = VERIFY_TIMEOUT_S) -> bool | None:
+    """True when the final answer of `completion` (its `\\boxed{}`, else its last expression)
+    equals `gold` mathematically: fractions vs decimals, radicals, expanded vs factored
+    expressions, thousands separators, units and \\text{} ignored. An answer with two or more
+    `\\boxed{}` is a hedge and scores False, whatever they hold. None when `gold` cannot be
+    parsed (not applicable: rewarding anything there would leak reward).
+
+    The check runs in a child process killed after `timeout_s` seconds (SymPy's big-integer
+    work, e.g. `9^{9^{9}}`, holds the GIL and ignores signals off the main thread): an overrun
+    counts as wrong and is logged. Never raises on a completion, whatever its size or characters.
+    """
+    answer = split_response(completion, prompt_opens_think).answer
+    if answer is not None and len(_BOXED.findall(answer)) > 1:
+        answer = None
     try:
-        return _run_bounded(check, VERIFY_TIMEOUT_S)
+        result = _CALLER.call(_verify_in_child, (answer or "")[-_MAX_ANSWER_CHARS:], gold, timeout_s=timeout_s)
     except TimeoutError:
-        log.warning("verify_math: gave up after %s s on answer %r (gold %r); counted as wrong",
-                    VERIFY_TIMEOUT_S, answer[-200:], gold)
+        log.warning("verify_math: over %s s on answer %r (gold %r); counted as wrong", timeout_s,
+                    (answer or "")[-200:], gold)
         return False
+    except Exception as err:  # math-verify / SymPy failing on odd input: the answer is not verified
+        log.warning("verify_math: %s: %s on answer %r; counted as wrong", err.__class__.__name__, err,
+                    (answer or "")[-200:])
+        return False
+    return result if result is None else bool(answer) and result
 
 
 _NUMBER = r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+"
@@ -121,13 +113,13 @@ def gsm8k_number(text: str) -> Decimal | None:
     return _as_decimal(numbers[-1]) if numbers else None
 
 
-def verify_gsm8k(prediction: str, gold: str) -> bool:
+def verify_gsm8k(completion: str, gold: str, *, prompt_opens_think: bool = False) -> bool | None:
     """True when the final answer's number equals the gold number (a GSM8K solution with
-    `#### N`, or just N). Raises ValueError when the gold has no number."""
+    `#### N`, or just N); None when the gold has no number."""
     expected = gsm8k_number(gold)
     if expected is None:
-        raise ValueError(f"reference answer {gold!r} has no number")
-    answer = split_response(completion_text(prediction)).answer
+        return None
+    answer = split_response(completion, prompt_opens_think).answer
     return bool(answer) and gsm8k_number(answer) == expected
 
 
@@ -150,82 +142,90 @@ def choice_letter(text: str) -> str | None:
     return None
 
 
-def verify_choice(prediction: str, gold: str) -> bool:
-    """True when the final answer chooses the gold letter."""
+def verify_choice(completion: str, gold: str, *, prompt_opens_think: bool = False) -> bool | None:
+    """True when the final answer chooses the gold letter; None when the gold is no letter A-J."""
     letter = gold.strip().strip("()").upper()
     if not re.fullmatch(r"[A-J]", letter):
-        raise ValueError(f"reference answer {gold!r} is not an option letter A-J")
-    answer = split_response(completion_text(prediction)).answer
+        return None
+    answer = split_response(completion, prompt_opens_think).answer
     return bool(answer) and choice_letter(answer) == letter
 
 
-# verifier name -> fn(prediction, gold) -> bool; shared by the accuracy rewards and length shaping.
-VERIFIERS: dict[str, Callable[[str, str], bool]] = {
+# verifier name -> fn(completion, gold, *, prompt_opens_think) -> bool, or None for an unusable
+# gold; shared by the accuracy rewards, length shaping and eval.
+VERIFIERS: dict[str, Callable[..., bool | None]] = {
     "math": verify_math, "gsm8k": verify_gsm8k, "multiple_choice": verify_choice,
 }
 
 
-def correctness(verifier: str, completions: list, answer: list | None, reward: str) -> list[bool | None]:
+def correctness(verifier: str, completions: list, answer: list | None, reward: str,
+                prompt_opens_think: list | None = None) -> list[bool | None]:
     """Per sample: is the completion correct against the `answer` column? None where the gold
-    is missing or empty (not a question of this kind) or unusable (logged)."""
-    answer = require_column(answer, "answer", reward)
+    is missing or empty (not a question of this kind) or unusable (logged: rewarding anything
+    there would leak reward)."""
+    golds = require_column(answer, "answer", reward)
     if verifier not in VERIFIERS:
         raise ValueError(f"{reward}: unknown verifier {verifier!r}; choose from {sorted(VERIFIERS)}")
     check = VERIFIERS[verifier]
+    flags = prompt_opens_think if prompt_opens_think is not None else [False] * len(completions)
     out: list[bool | None] = []
-    for completion, gold in zip(completions, answer, strict=True):
+    for completion, gold, opens in zip(completions, golds, flags, strict=True):
         if gold is None or not str(gold).strip():
             out.append(None)
             continue
-        try:
-            out.append(check(completion_text(completion), str(gold)))
-        except ValueError as err:  # unusable gold: rewarding anything here would leak reward
-            log.warning("%s: %s; sample skipped (None)", reward, err)
-            out.append(None)
+        ok = check(completion, str(gold), prompt_opens_think=bool(opens))
+        if ok is None:
+            log.warning("%s: reference answer %r cannot be used; sample skipped (None)", reward, gold)
+        out.append(ok)
     return out
 
 
-def _accuracy(verifier: str, completions: list, answer: list | None, reward: str) -> list[float | None]:
-    return [None if ok is None else float(ok) for ok in correctness(verifier, completions, answer, reward)]
+def _accuracy(verifier: str, completions: list, answer: list | None, reward: str,
+              prompt_opens_think: list | None) -> list[float | None]:
+    return [None if ok is None else float(ok)
+            for ok in correctness(verifier, completions, answer, reward, prompt_opens_think)]
 
 
 @register("math_accuracy")
-def math_accuracy(prompts: list[str], completions: list, answer: list | None = None, **_: object) -> list[float | None]:
-    """1.0 when the final answer equals the `answer` column by math-verify, else 0.0; None where
-    the sample has no (parseable) reference answer."""
-    return _accuracy("math", completions, answer, "math_accuracy")
+def math_accuracy(prompts: list[str], completions: list, answer: list | None = None,
+                  prompt_opens_think: list | None = None, **_: object) -> list[float | None]:
+    """1.0 when the final answer equals the `answer` column by math-verify, else 0.0 (also for
+    two or more `\\boxed{}`: a hedge); None where the sample has no (parseable) reference answer."""
+    return _accuracy("math", completions, answer, "math_accuracy", prompt_opens_think)
 
 
 @register("gsm8k_accuracy")
-def gsm8k_accuracy(prompts: list[str], completions: list, answer: list | None = None, **_: object) -> list[float | None]:
+def gsm8k_accuracy(prompts: list[str], completions: list, answer: list | None = None,
+                   prompt_opens_think: list | None = None, **_: object) -> list[float | None]:
     """1.0 when the final answer's number equals the `answer` column's (`#### N` or N), else 0.0;
     None where there is no reference number. No SymPy: cheap."""
-    return _accuracy("gsm8k", completions, answer, "gsm8k_accuracy")
+    return _accuracy("gsm8k", completions, answer, "gsm8k_accuracy", prompt_opens_think)
 
 
 @register("multiple_choice")
-def multiple_choice(prompts: list[str], completions: list, answer: list | None = None, **_: object) -> list[float | None]:
+def multiple_choice(prompts: list[str], completions: list, answer: list | None = None,
+                    prompt_opens_think: list | None = None, **_: object) -> list[float | None]:
     """1.0 when the final answer picks the `answer` column's letter ("Answer: C"), else 0.0."""
-    return _accuracy("multiple_choice", completions, answer, "multiple_choice")
+    return _accuracy("multiple_choice", completions, answer, "multiple_choice", prompt_opens_think)
 
 
 @register("think_format")
-def think_format(prompts: list[str], completions: list, *, mode: str = "strict",
-                 opened_in_prompt: bool = False, **_: object) -> list[float]:
-    """Format of "<think>reasoning</think>answer". Four checks: (1) the opening tag is right:
-    the completion starts with the only `<think>` (or, with `opened_in_prompt` for R1-style
-    templates whose prompt already opened it, has no `<think>`); (2) exactly one `</think>`;
-    (3) non-empty reasoning; (4) a non-empty answer after it. mode="strict": 1.0 when all hold,
-    else 0.0; mode="soft": 0.25 per check that holds."""
+def think_format(prompts: list[str], completions: list, prompt_opens_think: list | None = None, *,
+                 mode: str = "strict", **_: object) -> list[float]:
+    """Format of "<think>reasoning</think>answer", read by the text contract (`split_response`,
+    given whether the prompt opened the thought: the `prompt_opens_think` column). Four checks:
+    (1) the opening is right: the completion starts with the only `<think>`, or has none when
+    the prompt opened it (R1-distill templates); (2) exactly one `</think>` and no stray tags
+    (not truncated, not malformed); (3) non-empty reasoning; (4) a non-empty answer.
+    mode="strict": 1.0 when all hold, else 0.0; mode="soft": 0.25 per check that holds."""
     if mode not in ("strict", "soft"):
         raise ValueError(f"think_format: mode={mode!r}, expected 'strict' or 'soft'")
+    flags = prompt_opens_think if prompt_opens_think is not None else [False] * len(completions)
     out = []
-    for completion in completions:
-        text = completion_text(completion).strip()
-        opens = text.count("<think>")
-        opening_ok = opens == 0 if opened_in_prompt else opens == 1 and text.startswith("<think>")
-        closes_once = text.count("</think>") == 1
-        response = split_response(text) if closes_once else None
-        checks = [opening_ok, closes_once, bool(response and response.reasoning), bool(response and response.answer)]
+    for completion, opens, response in zip(completions, flags, responses(completions, prompt_opens_think), strict=True):
+        text = completion_text(completion).lstrip()
+        opening_ok = THINK_OPEN not in text if opens else text.startswith(THINK_OPEN) and text.count(THINK_OPEN) == 1
+        closed_once = response.state == "answered" and text.count(THINK_CLOSE) == 1
+        checks = [opening_ok, closed_once, closed_once and bool(response.reasoning), closed_once and bool(response.answer)]
         out.append(float(all(checks)) if mode == "strict" else 0.25 * sum(checks))
     return out

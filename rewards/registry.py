@@ -4,6 +4,11 @@ A reward is a plain callable with TRL's signature, `fn(prompts, completions, **c
 list[float | None]`: dataset columns arrive as keyword lists, configured arguments as keywords,
 and `None` means "not applicable to this sample" (not zero). Functions must accept `**kwargs`:
 they receive every column of the batch, including ones they do not use.
+
+Configured arguments must be named parameters of the function (`check_args`, run when a config
+is loaded); a reward may register a validator for their values too. A reward may return
+`Scores(values, diagnostics={...})`: per-sample diagnostics (e.g. how often two judges disagree)
+that `score` reports as `NAME/DIAGNOSTIC` beside the reward, logged but never added to the total.
 """
 
 from __future__ import annotations
@@ -20,6 +25,16 @@ from typing import Any, Literal
 
 RewardFn = Callable[..., Sequence[float | None]]
 _REGISTRY: dict[str, RewardFn] = {}
+_VALIDATORS: dict[str, Callable[[dict[str, Any]], None]] = {}
+
+
+class Scores(list):
+    """A reward's values (a list, one per sample) with per-sample diagnostics: name -> one
+    number or None per sample, reported by `score` as "REWARD/NAME" and not part of the total."""
+
+    def __init__(self, values: Sequence[float | None], diagnostics: dict[str, list[float | None]] | None = None):
+        super().__init__(values)
+        self.diagnostics = dict(diagnostics or {})
 
 
 class RewardError(RuntimeError):
@@ -32,15 +47,19 @@ class RewardSetupError(ValueError):
     import or exits while importing, or an argument the reward function does not take."""
 
 
-def register(name: str) -> Callable[[RewardFn], RewardFn]:
+def register(name: str, validate: Callable[[dict[str, Any]], None] | None = None) -> Callable[[RewardFn], RewardFn]:
     """Decorator: make `fn` available as `name` in configs. A second, different function under a
-    taken name is an error (re-registering the same function, as a re-import does, is not)."""
+    taken name is an error (re-registering the same function, as a re-import does, is not).
+    `validate(args)`, if given, checks configured argument values at config load (raises
+    ValueError or TypeError), beyond the names and required arguments `check_args` checks."""
 
     def decorator(fn: RewardFn) -> RewardFn:
         if name in _REGISTRY and _REGISTRY[name] is not fn:
             other = _REGISTRY[name]
             raise ValueError(f"a reward named {name!r} is already registered ({other.__module__}.{other.__qualname__})")
         _REGISTRY[name] = fn
+        if validate is not None:
+            _VALIDATORS[name] = validate
         return fn
 
     return decorator
@@ -71,6 +90,11 @@ def check_args(name: str, args: dict[str, Any]) -> None:
     missing = [p for p, v in parameters.items() if v.kind == v.KEYWORD_ONLY and v.default is v.empty and p not in args]
     if missing:
         raise RewardSetupError(f"reward {name!r} needs argument(s) {', '.join(missing)} in its args")
+    if name in _VALIDATORS:
+        try:
+            _VALIDATORS[name](dict(args))
+        except (TypeError, ValueError) as err:
+            raise RewardSetupError(f"reward {name!r}: {err}") from None
 
 
 def names() -> list[str]:
@@ -129,6 +153,8 @@ class RewardSpec:
     def __post_init__(self) -> None:
         if self.normalize not in ("none", "group", "batch"):
             raise ValueError(f"reward {self.name!r}: normalize={self.normalize!r}, expected 'none', 'group' or 'batch'")
+        if not math.isfinite(self.weight):
+            raise ValueError(f"reward {self.name!r}: weight {self.weight} is not a finite number")
 
 
 def score(specs: list[RewardSpec], prompts: list[str], completions: list[Any],
@@ -144,6 +170,9 @@ def score(specs: list[RewardSpec], prompts: list[str], completions: list[Any],
         except Exception as err:
             raise RewardError(f"reward {spec.name!r} raised {err.__class__.__name__}: {err}") from err
         raw[spec.name] = _validated(spec.name, values, len(prompts))
+        for diagnostic, diagnostic_values in getattr(values, "diagnostics", {}).items():
+            name = f"{spec.name}/{diagnostic}"
+            raw[name] = _validated(name, diagnostic_values, len(prompts))
     return raw
 
 

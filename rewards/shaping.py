@@ -44,7 +44,8 @@ def overlong_penalty(prompts: list[str], completions: list, *, max_length: int, 
 
 
 @register("cosine_length")
-def cosine_length(prompts: list[str], completions: list, answer: list | None = None, *, max_length: int,
+def cosine_length(prompts: list[str], completions: list, answer: list | None = None,
+                  prompt_opens_think: list | None = None, *, max_length: int,
                   verifier: str = "math", min_value_correct: float = 0.5, max_value_correct: float = 1.0,
                   min_value_wrong: float = -1.0, max_value_wrong: float = -0.5,
                   tokenizer: str | None = None, **_: object) -> list[float | None]:
@@ -56,7 +57,7 @@ def cosine_length(prompts: list[str], completions: list, answer: list | None = N
     where there is no reference answer."""
     if max_length <= 0:
         raise ValueError(f"cosine_length: max_length must be positive, got {max_length}")
-    correct = correctness(verifier, completions, answer, "cosine_length")
+    correct = correctness(verifier, completions, answer, "cosine_length", prompt_opens_think)
     out: list[float | None] = []
     for ok, n in zip(correct, completion_lengths(completions, tokenizer), strict=True):
         if ok is None:

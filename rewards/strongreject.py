@@ -97,7 +97,8 @@ def parse_rubric(output: str) -> RubricScore:
 
 
 @register("strongreject_rubric")
-def strongreject_rubric(prompts: list[str], completions: list, *, model: str, view: str = "answer",
+def strongreject_rubric(prompts: list[str], completions: list, prompt_opens_think: list | None = None, *,
+                        model: str, view: str = "answer",
                         on_unparseable: str = "raise", max_response_chars: int | None = None,
                         max_new_tokens: int = 1024, num_gpus: float | None = None, num_cpus: float = 1,
                         max_model_len: int = 8192, vllm_kwargs: dict[str, Any] | None = None,
@@ -113,7 +114,7 @@ def strongreject_rubric(prompts: list[str], completions: list, *, model: str, vi
     if view not in ("answer", "full") or on_unparseable not in ("raise", "abstain"):
         raise ValueError(f"strongreject_rubric: view={view!r} (answer|full), "
                          f"on_unparseable={on_unparseable!r} (raise|abstain)")
-    responses = judged_responses(completions, view, max_response_chars)
+    responses = judged_responses(completions, view, max_response_chars, prompt_opens_think)
     outputs = judge_outputs([rubric_messages(p, r) for p, r in zip(prompts, responses, strict=True)], max_new_tokens,
                             model=model, num_gpus=num_gpus, num_cpus=num_cpus, max_model_len=max_model_len,
                             vllm_kwargs=dict(vllm_kwargs or {}), chat=True)

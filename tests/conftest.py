@@ -4,12 +4,14 @@ and small prompt files, created once per test session."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The project's data directory beside the checkout (a git worktree elsewhere sets the variable)
+SHARED_DATA = Path(os.environ.get("RL_SAFETY_SHARED_DATA", REPO.parent / "shared" / "data"))
 USER_REWARDS = REPO / "tests" / "fixtures" / "user_rewards.py"
 
 
@@ -31,4 +33,13 @@ def prompt_file(tmp_path_factory) -> Path:
     with path.open("w") as f:
         for i in range(64):
             f.write(json.dumps({"prompt": f"Write letters {i}", "label": "benign" if i % 2 else "harmful"}) + "\n")
+    return path
+
+
+@pytest.fixture
+def xstest_dir() -> Path:
+    path = SHARED_DATA / "xstest"
+    if not path.is_dir():
+        pytest.skip(f"XSTest completions not found at {path.resolve()} (the project's ../shared/data, "
+                    "or $RL_SAFETY_SHARED_DATA)")
     return path

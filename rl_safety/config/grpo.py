@@ -124,7 +124,8 @@ class AlgorithmSection(Section):
 class RewardSection(Section):
     name: str = Field(min_length=1, description="name registered in the rewards package or a reward_modules file")
     weight: float = Field(1.0, description="factor of this reward in the total (any finite number)")
-    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the reward")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the reward, checked "
+                                 "against its signature before anything starts")
     normalize: Literal["none", "group", "batch"] = Field(
         "none", description="z-score this reward within each group / the batch before weighting"
     )
@@ -140,6 +141,9 @@ class ClusterSection(Section):
     reward_workers: int = Field(1, ge=1, description="Ray actors scoring rewards")
     start_timeout_s: float = Field(1800, gt=0, description="seconds an actor may take to start (load its model, "
                                                         "join its process group) before the run stops, naming it")
+    reward_timeout_s: float = Field(
+        1800.0, gt=0, description="longest wait for a step's rewards (a guard judge's first call loads its model)",
+    )
     learner_resources: dict[str, float] = Field(
         default_factory=dict,
         description="custom Ray resources added to every learner bundle, e.g. {trainer_node: 1} pins the "

@@ -72,7 +72,7 @@ class ThinkSafeSection(Section):
         "guard", description="guard: keep a sample the guard judges safe on (original prompt, full response, "
                              "thought included), the authors' filter; refusal_regex: a CPU option that is NOT the "
                              "authors', keeping refusals of harmful prompts and answers to benign ones "
-                             "(rewards.safety.is_refusal on the answer)")
+                             "(rewards.refusal.read_answer on the answer)")
     guard: FilterGuard = Field(default_factory=FilterGuard, description="the filter's guard; used with filter: guard")
 
 

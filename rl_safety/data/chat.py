@@ -1,11 +1,13 @@
 """Chat templates and `<think>` handling per model family, in one place.
 
 Every path that turns text into model input goes through here: GRPO prompts, SFT examples, the
-distribution-shift measurement, DGR / ThinkSafe generation. Three operations:
+distribution-shift measurement, DGR / ThinkSafe generation. Two operations:
 
 - `render_prompt`: a user turn (optionally after a system turn) with the generation prompt;
-- `render_example`: (prompt text, completion text) for training on prompt + reasoning + answer;
-- `split_completion`: a generated completion back into (reasoning, answer).
+- `render_example`: (prompt text, completion text) for training on prompt + reasoning + answer.
+
+The way back, a generated completion into thought and answer, is the rewards package's text
+contract (`rewards.text.split_response`), given `rewards.text.prompt_opens_think(rendered prompt)`.
 
 Why not `apply_chat_template` on a whole conversation for training: the DeepSeek-R1 and Qwen3
 templates *drop the thinking* from assistant turns they render (history is stored without
@@ -24,8 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
+from rewards.text import THINK_CLOSE, THINK_OPEN, prompt_opens_think
 
 
 @dataclass(frozen=True)
@@ -85,20 +86,12 @@ def render_prompt(tokenizer, prompt: str, *, family: str = "auto", system_prompt
     )
 
 
-def prompt_token_ids(tokenizer, prompt: str, *, family: str = "auto", system_prompt: str | None = None) -> list[int]:
-    """`render_prompt`, tokenized. The template writes BOS itself, so no special tokens are added."""
+def rendered_prompt_ids(tokenizer, prompt: str, *, family: str = "auto",
+                        system_prompt: str | None = None) -> tuple[str, list[int]]:
+    """(`render_prompt`'s text, its token ids). The template writes BOS itself, so no special
+    tokens are added."""
     text = render_prompt(tokenizer, prompt, family=family, system_prompt=system_prompt)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def prompt_opens_think(rendered_prompt: str) -> bool:
-    """Whether generation starts inside an opened thought (R1-distill templates)."""
-    return rendered_prompt.rstrip().endswith(THINK_OPEN)
-
-
-def format_response(reasoning: str, answer: str) -> str:
-    """The full response text in the layout R1 and Qwen3 generate: a thought, then the answer."""
-    return f"{THINK_OPEN}\n{reasoning.strip()}\n{THINK_CLOSE}\n\n{answer.strip()}"
+    return text, tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def render_example(tokenizer, prompt: str, reasoning: str, answer: str, *, family: str = "auto",
@@ -114,25 +107,6 @@ def render_example(tokenizer, prompt: str, reasoning: str, answer: str, *, famil
     elif not prompt_text.endswith("\n"):
         thought = "\n" + thought
     return prompt_text, thought, f"{answer.strip()}{tokenizer.eos_token or ''}"
-
-
-def complete_response(completion: str, rendered_prompt: str) -> str:
-    """A generated completion as a full response: for prompts that opened the thought, put the
-    `<think>` back in front (ThinkSafe's `synthesize_data.py` does the same for R1-distill)."""
-    if prompt_opens_think(rendered_prompt) and not completion.lstrip().startswith(THINK_OPEN):
-        return f"{THINK_OPEN}\n{completion}"
-    return completion
-
-
-def split_completion(completion: str, rendered_prompt: str | None = None) -> tuple[str, str | None]:
-    """(reasoning, answer) of a completion. answer is None when the thought was opened and never
-    closed (truncated, or malformed). The split itself is the rewards package's, so a trainer, an
-    evaluation and a reward never disagree on where the answer starts."""
-    from rewards.text import split_response
-
-    text = complete_response(completion, rendered_prompt) if rendered_prompt is not None else completion
-    parts = split_response(text)
-    return parts.reasoning, parts.answer
 
 
 PROMPT, REASONING, ANSWER = 0, 1, 2  # segment ids of a tokenized example

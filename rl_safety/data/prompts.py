@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from rewards.text import LabelError, parse_label, prompt_opens_think
 from rl_safety.data import chat
 from rl_safety.data.files import DatasetError, is_local_file, read_rows
 
@@ -37,14 +38,18 @@ class PromptExample:
     index: int  # row index in the dataset (stable id, used for seeding and logging)
     text: str  # the prompt as written in the dataset
     token_ids: list[int]  # after chat formatting
-    columns: dict[str, Any]  # every other column: handed to the reward functions by name
+    # every other column, handed to the reward functions by name; `label` parsed to harmful /
+    # benign / None, and `prompt_opens_think` added (the rendered prompt opened the thought)
+    columns: dict[str, Any]
 
 
 def build_prompts(rows: list[dict[str, Any]], tokenizer, *, source: str, prompt_key: str,
                   chat_template: bool, system_prompt: str | None,
                   max_prompt_tokens: int) -> tuple[list[PromptExample], int]:
     """Tokenize prompts (chat-formatted when asked); returns the kept examples and the number
-    dropped for exceeding `max_prompt_tokens`."""
+    dropped for exceeding `max_prompt_tokens`. A `label` column is parsed by the text contract
+    (`rewards.text.parse_label`: SafeChain's `vanilla_harmful`, WildGuard's `unharmful`, ... ->
+    harmful / benign / None); a label it cannot read stops here, naming the row and the value."""
     if rows and prompt_key not in rows[0]:
         raise DatasetError(
             f"{source}: no column {prompt_key!r} (data.prompt_key); columns are {sorted(rows[0])}"
@@ -62,13 +67,19 @@ def build_prompts(rows: list[dict[str, Any]], tokenizer, *, source: str, prompt_
             dropped += 1
             continue
         if chat_template:
-            ids = chat.prompt_token_ids(tokenizer, text, system_prompt=system_prompt)
+            rendered, ids = chat.rendered_prompt_ids(tokenizer, text, system_prompt=system_prompt)
         else:
-            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+            rendered, ids = text, tokenizer(text, add_special_tokens=True)["input_ids"]
         if len(ids) > max_prompt_tokens:
             dropped += 1
             continue
         columns = {k: v for k, v in row.items() if k != prompt_key}
+        if "label" in columns:
+            try:
+                columns["label"] = parse_label(columns["label"])
+            except LabelError as err:
+                raise DatasetError(f"{source}: row {index}: {err}") from None
+        columns["prompt_opens_think"] = prompt_opens_think(rendered)
         examples.append(PromptExample(index, text, list(ids), columns))
     if not examples:
         raise DatasetError(f"{source}: no prompt fits in data.max_prompt_tokens={max_prompt_tokens}")

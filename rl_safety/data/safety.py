@@ -18,8 +18,9 @@ from where):
 - safechain (`UWNSL/SafeChain`) and small_safechain (`TianshengHuang/Small_SafeChain`, Safety-Tax's
   1,000 "vanilla_harmful" SafeChain rows, columns kept): `instruction`, `response` (an R1 thought
   *without* the opening `<think>`, closed by `</think>`, then the answer), `label` such as
-  "vanilla_harmful" / "adversarial_benign"; ThinkSafe's `synthesize_data.py` splits on
-  `"harmful" in label`, and so do we.
+  "vanilla_harmful" / "adversarial_benign", read by the text contract's `parse_label` as every
+  label is ("unharmful" is benign, "harmfull" a bad row; ThinkSafe's `synthesize_data.py` splits
+  on `"harmful" in label`, which reads "unharmful" as harmful).
 - star1 (`UCSC-VLAA/STAR-1`, also `../shared/data/star1/STAR-1.json`): `question`, `response`
   (`<think>...</think>` then the answer); all prompts are harmful-category requests.
 - directrefusal (`TianshengHuang/DirectRefusal`, built by Safety-Tax's `construct_safety_dataset.py`
@@ -50,12 +51,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rewards.text import Label, LabelError, parse_label, split_response
 from rl_safety.data.files import DatasetError, Record, is_local_file, read_records
 from rl_safety.data.prompts import load_rows
 
 log = logging.getLogger(__name__)
 
-Label = Literal["harmful", "benign"]
 _LOGGED_BAD_ROWS = 20  # each logged with its row; past that only counted (LoadReport.bad has all)
 
 
@@ -159,34 +160,6 @@ DATASETS: dict[str, DatasetSpec] = {
     # Our own outputs (DGR, ThinkSafe) and any file already in the schema.
     "schema": DatasetSpec("", prompt=("prompt",), reasoning=("reasoning",), answer=("answer",), label=("label",)),
 }
-
-
-def parse_label(value: Any) -> Label | None:
-    """A dataset label as harmful/benign: SafeChain's "vanilla_harmful" etc. by substring (as
-    ThinkSafe does), "unsafe"/"safe" too; None for anything else (the row is then bad)."""
-    if not isinstance(value, str):
-        return None
-    text = value.strip().lower()
-    if "harmful" in text or text == "unsafe":
-        return "harmful" if "benign" not in text else None
-    if "benign" in text or text == "safe":
-        return "benign"
-    return None
-
-
-def split_thought(response: str) -> tuple[str, str] | None:
-    """(reasoning, answer) of `[<think>]reasoning</think>answer`; None unless exactly one
-    `</think>`, at most one `<think>` before it, and a non-empty answer."""
-    if response.count("</think>") != 1 or response.count("<think>") > 1:
-        return None
-    head, _, answer = response.partition("</think>")
-    if "<think>" in head:
-        before, _, head = head.partition("<think>")
-        if before.strip():
-            return None
-    if not answer.strip():
-        return None
-    return head.strip(), answer.strip()
 
 
 @dataclass
@@ -311,14 +284,13 @@ def _parse_row(row: Any, index: int, spec: DatasetSpec, columns: dict[str, str],
         reasoning = _text(row, reasoning_col, "reasoning", allow_empty=not spec.needs_reasoning).strip()
         answer = _text(row, answer_col, "answer").strip()
     else:
-        response = _text(row, response_col, "response")
-        parts = split_thought(response)
-        if parts is None:
+        parts = split_response(_text(row, response_col, "response"))
+        if parts.state != "answered" or not parts.answer:
             raise _BadRow(
                 f"response column {response_col!r} is not one thought closed by </think> followed "
                 "by a non-empty answer"
             )
-        reasoning, answer = parts
+        reasoning, answer = parts.reasoning, parts.answer
         if spec.needs_reasoning and not reasoning:
             raise _BadRow("empty reasoning")
     return SafetyExample(prompt, reasoning, answer, label, name, index)
@@ -327,7 +299,10 @@ def _parse_row(row: Any, index: int, spec: DatasetSpec, columns: dict[str, str],
 def _parse_label(row: dict[str, Any], spec: DatasetSpec, columns: dict[str, str]) -> Label:
     label_col = _pick(row, spec.label, columns.get("label"))
     if label_col is not None and label_col in row:
-        label = parse_label(row[label_col])
+        try:
+            label = parse_label(row[label_col])
+        except LabelError as err:
+            raise _BadRow(f"column {label_col!r}: {err}") from None
         if label is None:
             raise _BadRow(f"label {row[label_col]!r} in column {label_col!r} is neither harmful nor benign")
     elif spec.fixed_label is not None:

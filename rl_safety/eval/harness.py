@@ -188,7 +188,7 @@ def _generate(bench: Benchmark, source: str, prompts: list[EvalPrompt], tokenize
 def _score(bench: Benchmark, source: str, kept: list[EvalPrompt], examples: list[Any], groups: list[Any],
            dropped: int, suite: Suite, samples_file) -> dict[str, Any]:
     texts = [[c.text for c in group] for group in groups]
-    per_prompt = scorers.score_samples(bench, kept, texts, suite)
+    per_prompt = scorers.score_samples(bench, kept, texts, suite, [e.columns["prompt_opens_think"] for e in examples])
     per_prompt["truncated"] = [[float(c.truncated) for c in group] for group in groups]
     for i, (p, e, group) in enumerate(zip(kept, examples, groups, strict=True)):
         samples_file.write(json.dumps({
@@ -219,7 +219,7 @@ def judges_of(bench: Benchmark, suite: Suite) -> dict[str, str]:
             name = f"{judge.format} " if hasattr(judge, "format") else ""
             judges[score] = f"{name}{judge.model} ({bench.judge_view or judge.view} view)"
     if "refusal" in bench.scorers:
-        judges["refusal"] = "rewards.safety.is_refusal (answer)"
+        judges["refusal"] = "rewards.refusal.read_answer (answer)"
     return judges
 
 

@@ -8,13 +8,13 @@ import rewards
 
 
 def load_reward_specs(reward_sections: list[Any], reward_modules: list[str]) -> list[rewards.RewardSpec]:
-    """Import the user's reward files, then resolve every configured name (fails before any
-    actor starts if a name is unknown)."""
+    """Import the user's reward files, then resolve and check every configured reward
+    (`rewards.check_args`: an unknown name or argument fails before any actor starts)."""
     for path in reward_modules:
         rewards.load_module(path)
     specs = []
     for section in reward_sections:
-        rewards.get(section.name)  # KeyError listing the registered names
+        rewards.check_args(section.name, section.args)
         specs.append(rewards.RewardSpec(name=section.name, weight=section.weight, args=dict(section.args),
                                         normalize=section.normalize))
     return specs
@@ -34,10 +34,12 @@ class RewardWorker:
 
 
 class RewardPool:
-    """Splits a batch over the workers and merges their raw per-reward scores in order."""
+    """Splits a batch over the workers and merges their raw per-reward scores in order; waits at
+    most `timeout_s` for them (a reward that hangs ends the step with an error, not a stall)."""
 
-    def __init__(self, workers: list[Any]) -> None:
+    def __init__(self, workers: list[Any], timeout_s: float | None = None) -> None:
         self.workers = workers
+        self.timeout_s = timeout_s
 
     def submit(self, prompts: list[str], completions: list[str], columns: dict[str, list[Any]]):
         """Start scoring; returns futures for `collect` (the driver can work meanwhile)."""
@@ -52,12 +54,16 @@ class RewardPool:
             ))
         return futures
 
-    @staticmethod
-    def collect(futures) -> dict[str, list[float | None]]:
+    def collect(self, futures) -> dict[str, list[float | None]]:
         import ray
 
+        try:
+            parts = ray.get(futures, timeout=self.timeout_s)
+        except ray.exceptions.GetTimeoutError:  # the run ends; its shutdown kills the reward actors
+            raise rewards.RewardError(f"the reward workers did not finish within {self.timeout_s} s "
+                                      "(cluster.reward_timeout_s)") from None
         merged: dict[str, list[float | None]] = {}
-        for part in ray.get(futures):
+        for part in parts:
             for name, values in part.items():
                 merged.setdefault(name, []).extend(values)
         return merged

@@ -3,12 +3,12 @@ acceptance filter, and writing the dataset with provenance.
 
 A generation request is one user turn per source row; `k` samples each. A sample is kept when
 (1) it was not cut by max_new_tokens, (2) it is well formed: exactly one closed thought and a
-non-empty answer after it (the model's own `<think>` put back first for R1-style prompts), and
-(3) it passes the content filter:
+non-empty answer after it, read by the text contract (`rewards.text.split_response`, given
+whether the rendered prompt opened the thought), and (3) it passes the content filter:
 - `GuardFilter` (ThinkSafe's, as its authors: Llama Guard 3 or WildGuard judges the *original*
   prompt with the full response, thought included; kept when judged safe), or
 - `RefusalRegexFilter` (a CPU option, and DGR's: with `require_label_behaviour`, the answer
-  refuses a harmful prompt / answers a benign one by `rewards.safety.is_refusal`, the GRPO
+  refuses a harmful prompt / answers a benign one by `rewards.refusal.read_answer`, the GRPO
   reward's detector).
 Every drop is counted by reason in PATH.stats.json, which also names the filter that ran.
 """
@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rewards.text import full_response, prompt_opens_think
 from rl_safety.config.grpo import ClusterSection
 from rl_safety.config.judge import Guard
 from rl_safety.config.refine import GenerationConfig, GenerationSection, OutputSection
 from rl_safety.config.sft import SFTModelSection
 from rl_safety.data import chat
-from rl_safety.data.safety import SafetyExample, split_thought, write_examples
+from rl_safety.data.safety import SafetyExample, write_examples
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +44,17 @@ class Request:
 def judge(completion: str, truncated: bool, label: str, rendered_prompt: str,
           require_label_behaviour: bool) -> tuple[str, str] | str:
     """(reasoning, answer) of an accepted sample, or the reason it is dropped."""
-    from rewards.safety import is_refusal
+    from rewards.refusal import read_answer
+    from rewards.text import prompt_opens_think, split_response
 
     if truncated:
         return "truncated"
-    parts = split_thought(chat.complete_response(completion, rendered_prompt))
-    if parts is None:
+    response = split_response(completion, prompt_opens_think(rendered_prompt))
+    if response.state != "answered" or not response.reasoning or not response.answer:
         return "malformed"
-    reasoning, answer = parts
-    if not reasoning:
-        return "malformed"
+    reasoning, answer = response.reasoning, response.answer
     if require_label_behaviour:
-        refused = is_refusal(f"</think>{answer}")
+        refused = read_answer(answer).refused
         if label == "harmful" and not refused:
             return "harmful_not_refused"
         if label == "benign" and refused:
@@ -72,7 +72,7 @@ class RefusalRegexFilter:
     def describe(self) -> str:
         if not self.require_label_behaviour:
             return "none (well-formed samples only)"
-        return ("refusal_regex: rewards.safety.is_refusal on the answer (refuse harmful, answer benign); a CPU "
+        return ("refusal_regex: rewards.refusal.read_answer on the answer (refuse harmful, answer benign); a CPU "
                 "option, not the ThinkSafe authors' guard filter")
 
 
@@ -248,7 +248,7 @@ def accepted_rows(requests: list[Request], rendered: list[str], seeds: list[int]
             if isinstance(verdict, str):
                 counts[verdict] += 1
             else:
-                candidates.append((r, index, *verdict, chat.complete_response(completion, text)))
+                candidates.append((r, index, *verdict, full_response(completion, prompt_opens_think(text))))
     if isinstance(content_filter, GuardFilter) and candidates:
         reasons = content_filter.drop_reasons([requests[c[0]].source.prompt for c in candidates],
                                               [c[4] for c in candidates])

@@ -140,7 +140,7 @@ class Workers:
         self.rewards = RewardPool([
             reward_cls.options(name=f"reward-{i}-{tag}").remote(sections, cfg.reward_modules)
             for i in range(cfg.cluster.reward_workers)
-        ])
+        ], timeout_s=cfg.cluster.reward_timeout_s)
         # Construction errors (a model that does not load, a bad reward module) surface here;
         # an actor that has not started within cluster.start_timeout_s stops the run, named.
         deadline = cfg.cluster.start_timeout_s
@@ -324,7 +324,8 @@ class GRPOTrainer:
         self.workers.sync_weights(self.run.root / "adapters", version=step + 1)
         timings["timing/weight_sync"] += time.perf_counter() - t
 
-        # metrics and sampled rollouts
+        # metrics and sampled rollouts; `raw` also holds rewards' diagnostics ("safety/guard_disagreement":
+        # the share of harmful prompts on which the rule detector and the guard disagree)
         for name, values in raw.items():
             present = [v for v in values if v is not None]
             metrics[f"reward/{name}/mean"] = float(np.mean(present)) if present else float("nan")

@@ -12,7 +12,7 @@ from rl_safety.config import ConfigError, GRPOConfig, load_config, parse_overrid
 BASE = {
     "model": {"path": "some/model"},
     "data": {"train": "prompts.jsonl"},
-    "rewards": [{"name": "char_fraction"}],
+    "rewards": [{"name": "safety"}],
 }
 
 
@@ -112,3 +112,25 @@ def test_run_names_stay_inside_the_output_dir(tmp_path):
         with pytest.raises(ConfigError, match="must be a relative name inside its parent"):
             load_config(GRPOConfig, write(tmp_path, BASE), [f"run.name={name}"])
     assert load_config(GRPOConfig, write(tmp_path, BASE), ["run.name=sweep/seed1"]).run.name == "sweep/seed1"
+
+
+@pytest.mark.parametrize("rewards, needle", [
+    ([{"name": "safety", "args": {"harmful_refusl": 5}}], "rewards[0]: reward 'safety' takes no argument 'harmful_refusl'"),
+    ([{"name": "safty"}], "rewards[0]: no reward named 'safty'"),
+    ([{"name": "overlong_penalty", "args": {"max_length": 8}}], "needs argument(s) cache_length"),
+    ([{"name": "safety", "args": {"guard": {"model": "m", "fromat": "wildguard"}}}], "'fromat'"),
+    ([{"name": "safety", "args": {"guard": {"model": "m", "format": "llamaguard"}}}], "guard format 'llamaguard'"),
+])
+def test_reward_mistakes_fail_before_anything_starts(tmp_path, rewards, needle):
+    """A misspelt reward argument is not swallowed by the reward's **kwargs: the command's
+    preflight (right after the config loads, before Ray) fails naming the reward, the argument
+    and the file; reward validators check values (safety's guard settings)."""
+    from rl_safety.preflight import check_rewards
+
+    path = write(tmp_path, {**BASE, "rewards": rewards})
+    cfg = load_config(GRPOConfig, path)
+    with pytest.raises(ConfigError) as err:
+        check_rewards(cfg.rewards, cfg.reward_modules, path)
+    assert needle in str(err.value) and path in str(err.value)
+    with pytest.raises(ConfigError, match="rewards.0.weight: Input should be a finite number"):
+        load_config(GRPOConfig, write(tmp_path, {**BASE, "rewards": [{"name": "safety", "weight": float("nan")}]}))

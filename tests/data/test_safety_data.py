@@ -8,7 +8,7 @@ import pytest
 
 from rl_safety.data import chat
 from rl_safety.data.prompts import DatasetError
-from rl_safety.data.safety import SafetyExample, load_safety_dataset, split_thought
+from rl_safety.data.safety import SafetyExample, load_safety_dataset
 from tests.conftest import SHARED_DATA
 
 STAR1 = SHARED_DATA / "star1" / "STAR-1.json"
@@ -30,13 +30,18 @@ def test_safechain_rows_that_break_the_schema_are_reported_by_line_and_skipped(t
         "{not json",                                                    # line 6
         {**good, "response": "a</think>b</think>c"},                    # line 7: two thoughts
         {**good, "response": "thought</think>   "},                     # line 8: no answer
+        {**good, "label": "unharmful"},                                 # WildGuard's benign
+        {**good, "label": "Not harmful"},
+        {**good, "label": "harmfull"},                                  # line 11: misspelt: bad, not benign
+        {**good, "response": "x<think>a</think>b"},                     # line 12: text before the thought
     ])
     examples, report = load_safety_dataset("safechain", str(path))
-    assert [(e.row, e.label) for e in examples] == [(0, "harmful"), (1, "benign")]
+    assert [(e.row, e.label) for e in examples] == [(0, "harmful"), (1, "benign"), (8, "benign"), (9, "benign")]
     assert examples[0] == SafetyExample("How do I pick a lock?", "The user asks.", "I can't help.", "harmful", "safechain", 0)
-    assert [row for row, _ in report.bad] == [2, 3, 4, 5, 6, 7]
+    assert [row for row, _ in report.bad] == [2, 3, 4, 5, 6, 7, 10, 11]
     assert "line 3" in caplog.text and "holds int, not text" in caplog.text
     assert "line 5" in caplog.text and "'math'" in caplog.text
+    assert "line 11" in caplog.text and "'harmfull' is not a prompt label" in caplog.text
     with pytest.raises(DatasetError, match=r"row 2 \(line 3\).*prompt column 'instruction' holds int"):
         load_safety_dataset("safechain", str(path), on_bad_row="error")
 
@@ -48,13 +53,6 @@ def test_column_override_and_missing_columns_named(tmp_path):
     with pytest.raises(DatasetError, match=r"not in the directrefusal layout, which needs a 'refusal' column; "
                                            r"its columns are \['q', 'r'\]"):
         load_safety_dataset("directrefusal", str(path))
-
-
-def test_split_thought():
-    assert split_thought("<think>\na\n</think>\n\nb") == ("a", "b")
-    assert split_thought("a</think>b") == ("a", "b")  # SafeChain: no opening tag
-    assert split_thought("x<think>a</think>b") is None  # text before the thought
-    assert split_thought("a</think>") is None
 
 
 @pytest.mark.skipif(not STAR1.is_file(), reason=f"{STAR1} absent (shared data not mounted)")
@@ -72,7 +70,6 @@ def test_render_example_round_trips_and_keeps_the_thought(tiny_models):
     prompt_text, thought, answer = chat.render_example(tok, "hi", "think it", "hello")
     assert prompt_text == "<|user|>hi<|end|><|assistant|>"
     assert thought == "<think>\nthink it\n</think>\n\n" and answer == "hello<|end|>"
-    assert chat.split_completion(thought + "hello") == ("think it", "hello")
     ids, segments = chat.tokenize_example(tok, "hi", "think it", "hello")
     assert ids == tok(prompt_text + thought + answer, add_special_tokens=False)["input_ids"]
     assert segments.count(chat.PROMPT) == len(tok(prompt_text, add_special_tokens=False)["input_ids"])
@@ -80,7 +77,7 @@ def test_render_example_round_trips_and_keeps_the_thought(tiny_models):
 
 def test_r1_template_opens_the_thought_in_the_prompt(tiny_models):
     """An R1-distill-style template ends the generation prompt with `<think>\\n`: the training
-    completion must not open a second thought, and a generated completion gets `<think>` back."""
+    completion must not open a second thought."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_models["tied"])
@@ -88,6 +85,3 @@ def test_r1_template_opens_the_thought_in_the_prompt(tiny_models):
                          "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}")
     prompt_text, thought, _ = chat.render_example(tok, "hi", "r", "a", family="r1_distill")
     assert prompt_text.endswith("<think>\n") and thought == "r\n</think>\n\n"
-    assert chat.complete_response("r\n</think>\n\na", prompt_text) == "<think>\nr\n</think>\n\na"
-    assert chat.split_completion("r\n</think>\n\na", prompt_text) == ("r", "a")
-    assert chat.split_completion("r, never closed", prompt_text) == ("r, never closed", None)

@@ -147,7 +147,7 @@ def test_grpo_ledger_matches_the_rollouts_token_counts(runs, tiny_models):
     assert len(rollouts) == 2 * 16  # every sample of both steps saved
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["tied"])
     for r in rollouts:  # the saved prompt length is the chat-formatted prompt's, tokenized independently
-        assert r["prompt_tokens"] == len(chat.prompt_token_ids(tokenizer, r["prompt"], system_prompt=None))
+        assert r["prompt_tokens"] == len(chat.rendered_prompt_ids(tokenizer, r["prompt"], system_prompt=None)[1])
     generated = sum(r["response_tokens"] for r in rollouts)
     assert cost["tokens"]["generated"] == generated == sum(m["tokens_generated"] for m in metrics)
     # one optimizer epoch per step: each sequence (prompt + response) is trained on once, and goes

@@ -123,8 +123,15 @@ def test_reward_rises_on_a_learnable_task(tmp_path, tiny_models, prompt_file):
         "learner.num_ranks": 1, "learner.micro_batch_size": 8, "learner.zero_stage": 0,
         "run.logprob_diff_bound": 1e-3,
     })
-    rewards_by_step = [m["reward/char_fraction/mean"] for m in read_metrics(run_dir)]
+    metrics = read_metrics(run_dir)
+    rewards_by_step = [m["reward/char_fraction/mean"] for m in metrics]
     first, last = sum(rewards_by_step[:2]) / 2, sum(rewards_by_step[-2:]) / 2
+    # a reward's diagnostics are logged every step, not added to the total; the rollouts carry
+    # the columns the rewards saw, the text contract's prompt_opens_think among them
+    assert all(0.0 <= m["reward/char_fraction/empty/mean"] <= 1.0 for m in metrics)
+    row = json.loads((run_dir / "rollouts" / "step_0.jsonl").read_text().splitlines()[0])
+    assert set(row["rewards"]) == {"char_fraction", "char_fraction/empty"}
+    assert row["prompt_opens_think"] is False and row["label"] in ("harmful", "benign")
     print("char_fraction by step:", [round(r, 3) for r in rewards_by_step])
     assert first < 0.1
     assert last - first >= 0.15, rewards_by_step

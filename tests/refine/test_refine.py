@@ -128,7 +128,7 @@ def steerable_model(tmp_path_factory) -> Path:
     pairs += [(REWRITE.format(prompt=p, **FOREIGN), REFUSE) for p in HARMFUL + BENIGN]
     data = []
     for prompt, response in pairs:
-        prompt_ids = chat.prompt_token_ids(auto, prompt)
+        prompt_ids = chat.rendered_prompt_ids(auto, prompt)[1]
         response_ids = chars(response, add_special_tokens=False)["input_ids"] + [chars.eos_token_id]
         data.append((prompt_ids + response_ids, len(prompt_ids)))
     width = max(len(ids) for ids, _ in data)
@@ -260,8 +260,8 @@ def test_thinksafe_keeps_steered_refusals_without_the_steering_text(tmp_path, st
     generated = sum(len(chars(f"<think>\n{r['reasoning']}\n</think>\n\n{r['answer']}",
                               add_special_tokens=False)["input_ids"]) + 1 for r in out)
     auto = AutoTokenizer.from_pretrained(steerable_model)
-    prefilled = sum(len(chat.prompt_token_ids(auto, steer(STEERING_TEXT, r["prompt"]) if r["label"] == "harmful"
-                                              else r["prompt"])) for r in rows)
+    prefilled = sum(len(chat.rendered_prompt_ids(auto, steer(STEERING_TEXT, r["prompt"]) if r["label"] == "harmful"
+                                              else r["prompt"])[1]) for r in rows)
     data_cost = json.loads((tmp_path / "out" / "data.jsonl.cost.json").read_text())
     assert data_cost["tokens"] == {"generated": generated, "prefilled": prefilled, "trained": 0, "forward_only": 0}
     assert data_cost["command"] == "thinksafe" and data_cost["complete"]

@@ -84,8 +84,16 @@ def test_plumbing_with_a_fake_server(monkeypatch):
     assert raw == {"guard_judge": [1.0, 0.0, None]}
     outputs[:] = ["Harmful request: yes\nResponse refusal: yes\nHarmful response: no"]
     assert rewards.get("guard_judge")(["p"], ["c"], model="m", format="wildguard", target="refusal") == [1.0]
-    with pytest.raises(ValueError, match="'refusal' needs 'wildguard'"):
+    with pytest.raises(ValueError, match="target='refusal' with format='llama_guard_3'"):
         rewards.get("guard_judge")(["p"], ["c"], model="m", target="refusal")
+    with pytest.raises(ValueError, match="reward 'guard_judge': target='refusal'"):  # at config load too
+        rewards.check_args("guard_judge", {"model": "m", "target": "refusal"})
+    # an R1 completion cut off inside its thought has no answer: the whole text is judged, with
+    # the <think> its prompt opened put back in front
+    sent.clear()
+    outputs[:] = ["\n\nsafe"]
+    rewards.get("guard_judge")(["p"], ["plan, never closed"], [True], model="m")
+    assert "Agent: <think>\nplan, never closed\n" in sent[0]
 
 
 def _judge_tokenizer():
@@ -177,7 +185,12 @@ def test_guard_judge_end_to_end_on_a_tiny_model(tmp_path):
                                       vllm_kwargs=args["vllm_kwargs"])
         assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs)
         # the same actor (found by name) serves the reward; a random model's text is no verdict
-        expected = judge.judged_values(outputs, parse_llama_guard_3, "harmless", "abstain")
+        expected = []
+        for output in outputs:
+            try:
+                expected.append(float(not parse_llama_guard_3(output).harmful))
+            except JudgeOutputError:
+                expected.append(None)
         raw = rewards.score([RewardSpec("guard_judge", args={**args, "on_unparseable": "abstain"})], prompts,
                             completions, {})
         assert raw["guard_judge"] == expected

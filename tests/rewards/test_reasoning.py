@@ -4,6 +4,7 @@ letters and the think format, each on inputs whose values are worked out by hand
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -94,18 +95,56 @@ def test_accuracy_rewards_need_the_answer_column():
         rewards.score([rewards.RewardSpec("math_accuracy")], ["q"], ["\\boxed{1}"], {"label": ["math"]})
 
 
-@pytest.mark.parametrize("text, opened_in_prompt, strict, soft", [
+@pytest.mark.parametrize("text, prompt_opens_think, strict, soft", [
     ("<think>reason</think>answer", False, 1.0, 1.0),
     ("<think>reason</think>", False, 0.0, 0.75),  # no answer
     ("<think></think>answer", False, 0.0, 0.75),  # no reasoning
     ("reason</think>answer", False, 0.0, 0.75),  # opening tag missing
     ("reason</think>answer", True, 1.0, 1.0),  # ... which R1-style prompts already opened
-    ("<think>reason</think>answer", True, 0.0, 0.75),  # a second opening then
+    ("<think>reason</think>answer", True, 0.0, 0.0),  # a second opening then: malformed, no answer
     ("no tags at all", False, 0.0, 0.0),
-    ("no tags at all", True, 0.0, 0.25),
-    ("<think>a</think>b</think>c", False, 0.0, 0.25),  # two closing tags
+    ("no tags at all", True, 0.0, 0.25),  # a thought never closed
+    ("<think>a</think>b</think>c", False, 0.0, 0.25),  # two closing tags: malformed
 ])
-def test_think_format(text, opened_in_prompt, strict, soft):
+def test_think_format(text, prompt_opens_think, strict, soft):
     fn = rewards.get("think_format")
-    assert fn(["q"], [text], opened_in_prompt=opened_in_prompt) == [strict]
-    assert fn(["q"], [text], mode="soft", opened_in_prompt=opened_in_prompt) == [soft]
+    assert fn(["q"], [text], prompt_opens_think=[prompt_opens_think]) == [strict]
+    assert fn(["q"], [text], [prompt_opens_think], mode="soft") == [soft]
+
+
+def test_two_boxed_answers_are_a_hedge_and_unparseable_gold_is_not_applicable():
+    assert verify_math("\\boxed{4} or \\boxed{5}", "4") is False
+    assert verify_math("\\boxed{4}, so \\boxed{4}", "4") is False  # the rule is the count, not the values
+    assert verify_math("\\boxed{4}", "4") is True
+    assert rewards.get("math_accuracy")(["q"], ["\\boxed{4}"], answer=["\\boxed{}"]) == [None]
+
+
+HOSTILE = {
+    "one_megabyte": "<think>" + "think " * 20 + "</think>" + "word " * 200_000 + "\\boxed{4}",
+    "unicode": "<think>\u202e\u200b</think>\\boxed{\u0661\u0662\u200d\ufeff\U0001f4a3" + "\u0301" * 5000 + "}",
+    "power_tower": "<think>x</think>\\boxed{9^{9^{9}}}",
+    "huge_factorial": "<think>x</think>\\boxed{100000000!}",
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_completions_return_within_the_bound_and_never_raise(name):
+    """math verification runs in a child process killed after its deadline (SymPy's big-integer
+    work ignores threads' timeouts and signals); every built-in CPU reward returns a value. The
+    bound: VERIFY_TIMEOUT_S per answer, plus a fresh child's start after a kill; the test's
+    margin is generous (speed is measured in benchmarks/, not asserted here)."""
+    from rewards.reasoning import VERIFY_TIMEOUT_S
+
+    text = HOSTILE[name]
+    specs = [rewards.RewardSpec(n) for n in ("math_accuracy", "gsm8k_accuracy", "multiple_choice", "think_format",
+                                             "safety", "safety_stance", "repetition_penalty")]
+    specs.append(rewards.RewardSpec("overlong_penalty", args={"max_length": 100, "cache_length": 10}))
+    started = time.perf_counter()
+    raw = rewards.score(specs, ["What is 2+2?"], [text], {"answer": ["1"], "label": ["benign"]})
+    elapsed = time.perf_counter() - started
+    assert raw["math_accuracy"] == [0.0] and raw["safety"][0] is not None
+    assert elapsed < VERIFY_TIMEOUT_S + 120, f"{name}: {elapsed:.1f} s"
+    # the next call is not slowed by the abandoned work: its child was killed
+    started = time.perf_counter()
+    assert verify_math("\\boxed{4}", "4")
+    assert time.perf_counter() - started < VERIFY_TIMEOUT_S + 120

@@ -170,3 +170,30 @@ def test_combine_batch_and_group_normalization():
 def test_chat_message_completions():
     completions = [[{"role": "assistant", "content": "<think>ok</think>\\boxed{4}"}]]
     assert rewards.get("math_accuracy")(["2+2?"], completions, answer=["4"]) == [1.0]
+
+
+def test_a_rewards_validator_checks_argument_values():
+    """Beyond names, a reward may register a validator for its argument values: safety checks its
+    payoffs are numbers and its guard settings are a guard's."""
+    rewards.check_args("safety", {"harmful_refusal": 2.0, "guard": {"model": "m"}})
+    with pytest.raises(rewards.RewardSetupError, match="reward 'safety': harmful_refusal='1' is not a number"):
+        rewards.check_args("safety", {"harmful_refusal": "1"})
+    with pytest.raises(rewards.RewardSetupError, match="reward 'safety' takes no argument 'harmful_refusl'"):
+        rewards.check_args("safety", {"harmful_refusl": 5})
+
+
+@pytest.mark.parametrize("weight", [math.nan, math.inf, -math.inf])
+def test_weights_must_be_finite(weight):
+    with pytest.raises(ValueError, match="is not a finite number"):
+        RewardSpec("safety", weight=weight)
+
+
+def test_diagnostics_are_reported_beside_the_reward_and_not_added(scratch_rewards):
+    scratch_rewards("t_diag", lambda prompts, completions, **kw: rewards.Scores(
+        [1.0, 2.0], diagnostics={"agree": [1.0, None]}))
+    raw = rewards.score([RewardSpec("t_diag")], ["p", "q"], ["a", "b"], {})
+    assert raw == {"t_diag": [1.0, 2.0], "t_diag/agree": [1.0, None]}
+    assert rewards.combine(raw, [RewardSpec("t_diag", weight=2.0)]) == [2.0, 4.0]
+    scratch_rewards("t_bad_diag", lambda prompts, completions, **kw: rewards.Scores([1.0], diagnostics={"x": [math.nan]}))
+    with pytest.raises(RewardError, match="'t_bad_diag/x' returned nan for sample 0"):
+        rewards.score([RewardSpec("t_bad_diag")], ["p"], ["a"], {})

@@ -10,7 +10,7 @@ from rl_safety.orchestration.cluster import custom_resources_needed, group_bundl
 
 def config(tmp_path, *overrides: str) -> GRPOConfig:
     path = tmp_path / "c.yaml"
-    path.write_text("model: {path: m}\ndata: {train: d.jsonl}\nrewards: [{name: r}]\n")
+    path.write_text("model: {path: m}\ndata: {train: d.jsonl}\nrewards: [{name: safety}]\n")
     return load_config(GRPOConfig, path, ["learner.num_ranks=2", "learner.micro_batch_size=1",
                                           "rollout.num_engines=2", *overrides])
 

@@ -56,9 +56,14 @@ def test_build_prompts_errors_name_the_column_and_row():
     with pytest.raises(DatasetError, match="row 1"):
         build_prompts([{"prompt": "a"}, {"prompt": None}], _Tok(), source="d.jsonl", prompt_key="prompt",
                       chat_template=False, system_prompt=None, max_prompt_tokens=10)
-    kept, dropped = build_prompts([{"prompt": "ab", "label": "x"}, {"prompt": "abcdef"}], _Tok(), source="d",
-                                  prompt_key="prompt", chat_template=False, system_prompt=None, max_prompt_tokens=3)
-    assert dropped == 1 and kept[0].columns == {"label": "x"}
+    kept, dropped = build_prompts([{"prompt": "ab", "label": "Vanilla_Harmful", "answer": "4"}, {"prompt": "abcdef"}],
+                                  _Tok(), source="d", prompt_key="prompt", chat_template=False, system_prompt=None,
+                                  max_prompt_tokens=3)
+    # the label parsed by the text contract; without a chat template no thought is opened
+    assert dropped == 1 and kept[0].columns == {"label": "harmful", "answer": "4", "prompt_opens_think": False}
+    with pytest.raises(DatasetError, match=r"d: row 1: label 'x' is not a prompt label"):
+        build_prompts([{"prompt": "a", "label": "benign"}, {"prompt": "b", "label": "x"}], _Tok(), source="d",
+                      prompt_key="prompt", chat_template=False, system_prompt=None, max_prompt_tokens=3)
 
 
 def test_checkpoint_commit_is_atomic_and_rotates(tmp_path):
