@@ -20,7 +20,6 @@ Every accuracy has a 95% Wilson interval.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import sys
@@ -176,11 +175,15 @@ def heldout_report(path: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="rl-safety rewards refusal-accuracy", description=__doc__.split("\n\n")[0])
+    from rl_safety.errors import ArgumentParser, UserError
+
+    parser = ArgumentParser(prog="rl-safety rewards refusal-accuracy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--xstest-dir", type=Path, default=DEFAULT_XSTEST,
                         help="directory with the labelled XSTest completion files (default: ../shared/data/xstest)")
     parser.add_argument("--heldout", type=Path, default=HELDOUT, help="held-out set (YAML, as rewards/data/)")
     args = parser.parse_args(argv)
+    if not args.heldout.is_file():
+        raise UserError(f"held-out set {args.heldout} does not exist")
     lines = []
     if (args.xstest_dir / f"xstest_v2_completions_{XSTEST_MODELS[0]}_labelled.csv").is_file():
         lines += [*xstest_report(args.xstest_dir), ""]
