@@ -1,6 +1,6 @@
 """`toy build` and `toy eval`: the base toy model and its held-out metrics.
 
-    toy build [--force] [--no-eval] [key=value ...]   e.g. steps=300 world.harmful_refusal_rate=0.2
+    toy build [--force] [--no-eval] [--ship] [key=value ...]   e.g. steps=300 world.harmful_refusal_rate=0.2
     toy eval --model PATH [--seed N] [--n-math N] [--n-sampled N] [--out FILE.json]
     toy run [--output-dir DIR] [key=value ...]        the GRPO arm end to end (GRPO config overrides)
     toy table [--output-dir DIR] [--arms A,B] [CONFIG.key=value ...]
@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     build = sub.add_parser("build", help="build (or find in the cache) the base toy model, then evaluate it")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     build.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
+    build.add_argument("--ship", action="store_true",
+                       help="copy the result into the package as the shipped base model (maintainers)")
     build.add_argument("overrides", nargs="*", help="BuildConfig fields as key=value (world.* for the world)")
     ev = sub.add_parser("eval", help="held-out toy-world metrics of a model")
     ev.add_argument("--model", required=True, type=Path, help="Hugging Face model directory")
@@ -117,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(format_table({path.name: json.loads(cached.read_text())["metrics"]}))
             else:
                 _eval_and_print(path, config.world, config.seed, 200, 8, cached)
+        if args.ship:
+            from rl_safety.toy.model import ship_base_model
+
+            print(f"shipped: {ship_base_model(path)}")
         return 0
 
     from rl_safety.preflight import check_model_path

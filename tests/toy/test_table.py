@@ -8,31 +8,12 @@ checks the machinery and one effect that is large even when shortened: ThinkSafe
 refusals teach the model to refuse."""
 
 import json
-import os
 
 import pytest
-
-from rl_safety.toy.model import BuildConfig, cache_root, model_dir
-
-USER_CACHE = cache_root()  # read at collection: the small-build fixture redirects the cache later
 
 SHORT = ["sft.training.epochs=1", "dgr.data.limit=48", "thinksafe.data.limit=600",
          "dgr.generation.samples_per_prompt=2", "thinksafe.generation.samples_per_prompt=2",
          "grpo.run.total_steps=2", "grpo.run.save_every=0", "grpo.run.progress_bar=false"]
-
-
-@pytest.fixture(scope="module")
-def base_model():
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RL_SAFETY_CACHE", str(USER_CACHE))
-    path = model_dir(BuildConfig())
-    if not path.exists() and os.environ.get("RL_SAFETY_TOY_FULL_BUILD") != "1":
-        mp.undo()
-        pytest.skip(f"base toy model not cached at {path}: run `rl-safety toy build` or set RL_SAFETY_TOY_FULL_BUILD=1")
-    from rl_safety.toy.model import build_base_model
-
-    yield build_base_model(BuildConfig(), log=lambda msg: None)
-    mp.undo()
 
 
 @pytest.fixture(scope="module")
