@@ -101,7 +101,8 @@ def start_and_kill(config: Path, cluster, victim: str, *overrides: str) -> tuple
     return driver, log.read_text(), {"name": name, **actors[name]}
 
 
-@pytest.mark.parametrize("victim", ["rollout-0", "learner-1"])
+# A dead rollout engine in the CI tier: the max_restarts test below (the same death, replaced).
+@pytest.mark.parametrize("victim", [pytest.param("rollout-0", marks=pytest.mark.slow), "learner-1"])
 def test_a_dead_actor_stops_the_run_naming_it_and_resume_finishes_it(
         tmp_path, tiny_models, prompt_file, two_node_cluster, crashed_in_commit, victim):
     config = write_config(tmp_path, tiny_models["tied"], prompt_file, OVERRIDES)

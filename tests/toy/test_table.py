@@ -11,6 +11,8 @@ import json
 
 import pytest
 
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # about 15 minutes on 2 cores
+
 SHORT = ["sft.training.epochs=1", "dgr.data.limit=48", "thinksafe.data.limit=600",
          "dgr.generation.samples_per_prompt=2", "thinksafe.generation.samples_per_prompt=2",
          "grpo.run.total_steps=2", "grpo.run.save_every=0", "grpo.run.progress_bar=false"]
@@ -26,7 +28,6 @@ def ray_session():
     ray.shutdown()
 
 
-@pytest.mark.integration
 def test_table_runs_every_arm_compares_them_and_reuses_finished_pieces(tmp_path, base_model, ray_session):
     from rl_safety.config import ConfigError
     from rl_safety.eval.compare import training_cost
@@ -71,7 +72,6 @@ def test_table_runs_every_arm_compares_them_and_reuses_finished_pieces(tmp_path,
         ToyTable(base_model, tmp_path, [s for s in SHORT if not s.startswith("sft.training")]).run()
 
 
-@pytest.mark.integration
 def test_a_failed_arm_is_reported_and_the_others_still_compare(tmp_path, base_model, ray_session):
     from rl_safety.toy.table import ToyTable
 
