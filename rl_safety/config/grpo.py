@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from rl_safety.config.cluster import GRPOClusterSection
+from rl_safety.config.engine import EngineSection, SamplingSection
 from rl_safety.config.loader import Conflict, NameInParent, Section
 
 
@@ -45,17 +47,9 @@ class DataSection(Section):
     shuffle: bool = True
 
 
-class RolloutSection(Section):
-    num_engines: int = Field(1, ge=1, description="vLLM engine actors")
-    tensor_parallel_size: int = Field(1, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0, description="0 disables top-k")
-    max_new_tokens: int = Field(256, ge=1)
-    max_model_len: int | None = Field(None, ge=2, description="default: max_prompt_tokens + max_new_tokens")
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU: share of memory for vLLM")
-    kv_cache_memory_mb: int = Field(256, ge=16, description="CPU: KV cache size per engine")
-    enforce_eager: bool = Field(False, description="disable CUDA graphs / compilation")
+class RolloutSection(EngineSection, SamplingSection):
+    """GRPO's vLLM rollout engines and how they sample (completions per prompt:
+    `algorithm.group_size`)."""
 
 
 class LearnerSection(Section):
@@ -131,39 +125,6 @@ class RewardSection(Section):
     )
 
 
-class ClusterSection(Section):
-    address: str | None = Field(None, min_length=1,
-                                description="Ray cluster address ('auto' or ray://...); None starts Ray locally")
-    placement: Literal["separate", "colocated"] = "separate"
-    device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto: gpu when Ray sees GPUs")
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    num_cpus: int | None = Field(None, ge=1, description="local Ray only: logical CPUs to declare")
-    reward_workers: int = Field(1, ge=1, description="Ray actors scoring rewards")
-    start_timeout_s: float = Field(1800, gt=0, description="seconds an actor may take to start (load its model, "
-                                                        "join its process group) before the run stops, naming it")
-    reward_timeout_s: float = Field(
-        1800.0, gt=0, description="longest wait for a step's rewards (a guard judge's first call loads its model)",
-    )
-    learner_resources: dict[str, float] = Field(
-        default_factory=dict,
-        description="custom Ray resources added to every learner bundle, e.g. {trainer_node: 1} pins the "
-                    "learners to nodes started with `ray start --resources='{\"trainer_node\": N}'`",
-    )
-    rollout_resources: dict[str, float] = Field(
-        default_factory=dict, description="custom Ray resources added to every rollout bundle (as above)"
-    )
-
-    @field_validator("learner_resources", "rollout_resources")
-    @classmethod
-    def _custom_resources(cls, value: dict[str, float]) -> dict[str, float]:
-        for name, amount in value.items():
-            if name in ("CPU", "GPU", "memory", "object_store_memory"):
-                raise ValueError(f"{name!r} is set by the layout (one device per bundle); name a custom resource")
-            if not amount > 0:
-                raise ValueError(f"resource {name!r}: amount must be > 0, got {amount}")
-        return value
-
-
 class RunSection(Section):
     output_dir: str = Field("runs", min_length=1)
     name: NameInParent = Field("grpo", description="the run directory is output_dir/name")
@@ -192,7 +153,7 @@ class GRPOConfig(Section):
     rollout: RolloutSection = RolloutSection()
     learner: LearnerSection = LearnerSection()
     algorithm: AlgorithmSection = AlgorithmSection()
-    cluster: ClusterSection = ClusterSection()
+    cluster: GRPOClusterSection = GRPOClusterSection()
     run: RunSection = RunSection()
 
     @model_validator(mode="after")
@@ -216,6 +177,9 @@ class GRPOConfig(Section):
                 "sequences each rank gets per mini-batch",
                 "learner.micro_batch_size", "learner.num_ranks", "algorithm.mini_batches_per_step",
                 "algorithm.prompts_per_step", "algorithm.group_size")
+        if self.rollout.temperature == 0:
+            raise Conflict("rollout.temperature must be > 0: the learner's logprobs are divided by it",
+                           "rollout.temperature")
         if a.clip_high < a.clip_low:
             raise Conflict(f"algorithm.clip_high={a.clip_high} must be >= clip_low={a.clip_low} (clip-higher widens "
                            "the upper bound)", "algorithm.clip_high", "algorithm.clip_low")

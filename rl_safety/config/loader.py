@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, create_model
+from pydantic.fields import FieldInfo
 
 from rl_safety.errors import ArgumentParser, UserError
 
@@ -41,6 +42,10 @@ class Section(BaseModel):
     back to a default), numbers are strict and finite, and assignments are validated too."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+
+    # Keys that were renamed or moved: old dotted key ("*" matches any list index) -> where the
+    # setting is now. A config that still uses one fails naming both (top-level schemas only).
+    renamed: ClassVar[dict[str, str]] = {}
 
 
 def _inside_parent(name: str) -> str:
@@ -133,6 +138,20 @@ def _restore_hash(value: Any) -> Any:
 _KEY = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*$")
 
 
+SectionT = TypeVar("SectionT", bound=Section)
+
+
+def with_defaults(name: str, bases: type[SectionT] | tuple[type[Section], ...], **defaults: Any) -> type[SectionT]:
+    """A section class made of `bases` with other defaults for some fields: the same names,
+    meanings and bounds (declared once, in the base), a command's own defaults."""
+    bases = bases if isinstance(bases, tuple) else (bases,)
+    fields: dict[str, Any] = {}
+    for key, value in defaults.items():
+        info = next(b.model_fields[key] for b in bases if key in b.model_fields)
+        fields[key] = (info.annotation, FieldInfo.merge_field_infos(info, default=value))
+    return create_model(name, __base__=bases, __module__=bases[0].__module__, **fields)
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """``["algorithm.group_size=8", "run.name=x"]`` -> nested dict; values as `parse_override_value`."""
     nested: dict[str, Any] = {}
@@ -179,6 +198,12 @@ def load_config(schema: type[Schema], path: str | Path | None, overrides: list[s
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections, not a {type(data).__name__}")
     override_data = parse_overrides(list(overrides))
+    moved = [f"{key}: renamed, now {where} (in {'overrides' if _gives(override_data, key.split('.')) else source})"
+             for old, where in schema.renamed.items()
+             for key in _paths(_merge(data, override_data), old.split("."))]
+    if moved:
+        more = f" (and {len(moved) - 1} more renamed key(s), below)" if len(moved) > 1 else ""
+        raise ConfigError(moved[0] + more + "".join(f"\n  {m}" for m in moved[1:]))
     try:
         return schema.model_validate(_merge(data, override_data))
     except ValidationError as err:
@@ -209,6 +234,19 @@ def _describe(problem: dict[str, Any], data: dict[str, Any], overrides: dict[str
     return f"{key}: {message} (in {origin})"
 
 
+def _paths(node: Any, parts: list[str], prefix: str = "") -> list[str]:
+    """The dotted paths in `node` that match `parts` ("*": any list index or key)."""
+    if not parts:
+        return [prefix.rstrip(".")]
+    head, rest = parts[0], parts[1:]
+    if isinstance(node, list) and head == "*":
+        return [p for i, item in enumerate(node) for p in _paths(item, rest, f"{prefix}{i}.")]
+    if isinstance(node, dict):
+        keys = list(node) if head == "*" else [head] if head in node else []
+        return [p for key in keys for p in _paths(node[key], rest, f"{prefix}{key}.")]
+    return []
+
+
 def _gives(data: dict[str, Any], loc: tuple) -> bool:
     """Whether `data` sets the value at `loc` (a path of keys), itself or as part of a list or
     value it sets higher up (`learner.adam_betas=[0.9]` sets learner.adam_betas.1 too)."""
@@ -232,7 +270,7 @@ def config_from_command_line(schema: type[Schema], argv: list[str], prog: str, d
     if add_arguments is not None:
         add_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run.name=x")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides before and after flags (the launch scripts add some)
     return load_config(schema, args.config, args.overrides), args
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from rl_safety.config.grpo import ClusterSection, LearnerSection, ModelSection
-from rl_safety.config.loader import Conflict, NameInParent, Section
+from rl_safety.config.cluster import LearnerClusterSection
+from rl_safety.config.grpo import LearnerSection, ModelSection
+from rl_safety.config.loader import NameInParent, Section
 
 Family = Literal["auto", "r1_distill", "qwen3", "llama", "generic"]
 
@@ -57,15 +58,8 @@ class SFTConfig(Section):
     data: SFTDataSection
     learner: LearnerSection = LearnerSection(learning_rate=1e-5)
     training: SFTTrainingSection = SFTTrainingSection()
-    cluster: ClusterSection = ClusterSection()
+    cluster: LearnerClusterSection = LearnerClusterSection()
     run: SFTRunSection = SFTRunSection()
-
-    @model_validator(mode="after")
-    def _check(self) -> SFTConfig:
-        if self.learner.zero_stage == 3:
-            raise Conflict("learner.zero_stage=3 is not supported by sft yet (the export gathers no shards); use 2",
-                           "learner.zero_stage")
-        return self
 
     def batch_plan(self) -> str:
         lr, t = self.learner, self.training
