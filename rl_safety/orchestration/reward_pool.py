@@ -1,10 +1,12 @@
-"""Rewards scored in a pool of Ray actors, so a slow reward (a judge model) never stalls the driver."""
+"""Rewards scored by a group of Ray actors, so a slow reward (a judge model) never stalls the driver."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import rewards
+from rl_safety.config.grpo import GRPOConfig
+from rl_safety.orchestration.actor_group import ActorGroup, Pending
 
 
 def load_reward_specs(reward_sections: list[Any], reward_modules: list[str]) -> list[rewards.RewardSpec]:
@@ -28,42 +30,23 @@ class RewardWorker:
 
         self.specs = load_reward_specs([RewardSection(**s) for s in reward_sections], reward_modules)
 
-    def score(self, prompts: list[str], completions: list[str],
-              columns: dict[str, list[Any]]) -> dict[str, list[float | None]]:
+    def score(self, prompts: list[str], completions: list[str], **columns: list[Any]) -> dict[str, list[float | None]]:
         return rewards.score(self.specs, prompts, completions, columns)
 
 
-class RewardPool:
-    """Splits a batch over the workers and merges their raw per-reward scores in order; waits at
-    most `timeout_s` for them (a reward that hangs ends the step with an error, not a stall)."""
+def start_reward_workers(cfg: GRPOConfig, tag: str) -> ActorGroup:
+    """`cluster.reward_workers` actors (no CPU reserved: they wait on the driver most of the
+    time); a RewardError raised inside one reaches the driver as it is, naming the reward."""
+    return ActorGroup("reward", RewardWorker, cfg.cluster.reward_workers, what="reward workers",
+                      options=lambda rank: {"num_cpus": 0}, tag=tag, passthrough=(rewards.RewardError,),
+                      kwargs={"reward_sections": [r.model_dump() for r in cfg.rewards],
+                              "reward_modules": cfg.reward_modules},
+                      startup_timeout_s=cfg.cluster.startup_timeout_s, call_timeout_s=cfg.cluster.call_timeout_s)
 
-    def __init__(self, workers: list[Any], timeout_s: float | None = None) -> None:
-        self.workers = workers
-        self.timeout_s = timeout_s
 
-    def submit(self, prompts: list[str], completions: list[str], columns: dict[str, list[Any]]):
-        """Start scoring; returns futures for `collect` (the driver can work meanwhile)."""
-        size = -(-len(prompts) // len(self.workers))
-        futures = []
-        for i, worker in enumerate(self.workers):
-            part = slice(i * size, (i + 1) * size)
-            if part.start >= len(prompts):
-                break
-            futures.append(worker.score.remote(
-                prompts[part], completions[part], {k: v[part] for k, v in columns.items()}
-            ))
-        return futures
-
-    def collect(self, futures) -> dict[str, list[float | None]]:
-        import ray
-
-        try:
-            parts = ray.get(futures, timeout=self.timeout_s)
-        except ray.exceptions.GetTimeoutError:  # the run ends; its shutdown kills the reward actors
-            raise rewards.RewardError(f"the reward workers did not finish within {self.timeout_s} s "
-                                      "(cluster.reward_timeout_s)") from None
-        merged: dict[str, list[float | None]] = {}
-        for part in parts:
-            for name, values in part.items():
-                merged.setdefault(name, []).extend(values)
-        return merged
+def submit_scoring(workers: ActorGroup, prompts: list[str], completions: list[str],
+                   columns: dict[str, list[Any]]) -> Pending:
+    """Start scoring, split over the workers; `workers.result(pending)` gives each reward's raw
+    values in batch order (the driver can work meanwhile)."""
+    return workers.submit_shards("score", {"prompts": prompts, "completions": completions, **columns},
+                                 what="scoring rewards")

@@ -1,4 +1,5 @@
-"""A vLLM engine that generates rollouts and receives weights. Plain class; `RolloutActor` wraps it.
+"""A vLLM engine that generates rollouts, serves judges and receives weights. A plain class;
+`rl_safety.orchestration.engines.start_engines` runs it as Ray actors for every command.
 
 Logprobs are vLLM's *processed* logprobs (after temperature / top-k / top-p), which is what the
 learner recomputes; vLLM's default raw logprobs would differ by the temperature and make the
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from rl_safety.config.engine import EngineSection, SamplingSection
 
 
 @dataclass
@@ -43,46 +46,47 @@ def checked_max_model_len(model_path: str, explicit: int | None, prompt_tokens: 
 
 
 class RolloutEngine:
-    def __init__(self, model_path: str, *, dtype: str, seed: int, tensor_parallel_size: int,
-                 max_model_len: int, use_gpu: bool, gpu_memory_utilization: float,
-                 kv_cache_memory_mb: int, enforce_eager: bool, sleep_mode: bool,
-                 trust_remote_code: bool = False, weight_transfer_backend: str = "gloo",
-                 max_lora_rank: int | None = None) -> None:
+    def __init__(self, model_path: str, engine: EngineSection, *, dtype: str, seed: int, max_model_len: int | None,
+                 use_gpu: bool, trust_remote_code: bool = False, sleep_mode: bool = False,
+                 weight_transfer_backend: str = "gloo", max_lora_rank: int | None = None) -> None:
         from vllm import LLM
 
         from rl_safety.rollout.weight_transfer import register
 
         register()
+        tp = engine.tensor_parallel_size
         memory: dict[str, Any] = (
-            {"gpu_memory_utilization": gpu_memory_utilization} if use_gpu
+            {"gpu_memory_utilization": engine.gpu_memory_utilization} if use_gpu
             # vLLM 0.32's CPU sampler rewinds a seeded request's generator when its prefill is
             # split into chunks, which CPU generators cannot do ("CPU Generator does not use
             # offset"): with per-request seeds, a large batch crashes unless prefill is whole.
-            else {"kv_cache_memory_bytes": kv_cache_memory_mb << 20, "enable_chunked_prefill": False}
+            else {"kv_cache_memory_bytes": engine.kv_cache_memory_mb << 20, "enable_chunked_prefill": False}
         )
         self.sleep_mode = sleep_mode and use_gpu  # vLLM's CPU worker has no sleep mode
         self.llm = LLM(
-            model=model_path, dtype=dtype, seed=seed, tensor_parallel_size=tensor_parallel_size,
-            max_model_len=max_model_len, enforce_eager=enforce_eager, trust_remote_code=trust_remote_code,
+            model=model_path, dtype=dtype, seed=seed, tensor_parallel_size=tp,
+            max_model_len=max_model_len, enforce_eager=engine.enforce_eager, max_logprobs=engine.max_logprobs,
+            trust_remote_code=trust_remote_code,
             enable_sleep_mode=self.sleep_mode, enable_prefix_caching=True,
             logprobs_mode="processed_logprobs",
             weight_transfer_config={"backend": weight_transfer_backend},
-            distributed_executor_backend="ray" if tensor_parallel_size > 1 else None,
+            distributed_executor_backend="ray" if tp > 1 else None,
             **({"enable_lora": True, "max_lora_rank": max_lora_rank} if max_lora_rank else {}),
             **memory,
         )
         self.asleep = False
         self.lora_request = None  # the policy's adapter, when LoRA is synced as an adapter
 
-    def generate(self, prompt_token_ids: list[list[int]], n: int, *, temperature: float,
-                 top_p: float, top_k: int, max_new_tokens: int, seeds: list[int]) -> list[list[Completion]]:
+    def generate(self, prompt_token_ids: list[list[int]], seeds: list[int], n: int,
+                 sampling: SamplingSection) -> list[list[Completion]]:
         """`n` completions per prompt. Each prompt gets its own sampling seed, so a rollout does
         not depend on how prompts were split across engines (needed for exact resume)."""
         from vllm import SamplingParams, TokensPrompt
 
+        assert isinstance(sampling.top_k, int), "resolve top_k='family' before generating"
         params = [
-            SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k,
-                           max_tokens=max_new_tokens, logprobs=0, seed=seed)
+            SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                           max_tokens=sampling.max_new_tokens, logprobs=0, seed=seed)
             for seed in seeds
         ]
         outputs = self.llm.generate(
@@ -101,6 +105,39 @@ class RolloutEngine:
             ]
             for out in outputs
         ]
+
+    def complete(self, prompts: list[Any], max_tokens: int, chat: bool = False) -> list[str]:
+        """Greedy text replies to text prompts or, with `chat`, to conversations (lists of
+        {"role", "content"} messages, rendered with the model's own chat template): a judge."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+        outputs = (self.llm.chat(prompts, params, use_tqdm=False) if chat
+                   else self.llm.generate(prompts, params, use_tqdm=False))
+        return [out.outputs[0].text for out in outputs]
+
+    def first_token_logprobs(self, prompts: list[str], words: list[str], top_logprobs: int) -> list[list[float | None]]:
+        """Per text prompt, the log-probability of each of `words` as the first generated token
+        (None where it is not among the `top_logprobs` most likely): a judge's soft verdict. Each
+        word must be one token of the model's vocabulary: a sub-word piece would read the wrong
+        probability."""
+        from vllm import SamplingParams
+
+        from rewards.judge import JudgeOutputError
+
+        tokenizer = self.llm.get_tokenizer()
+        ids = []
+        for word in words:
+            pieces = tokenizer.encode(word, add_special_tokens=False)
+            if len(pieces) != 1:
+                raise JudgeOutputError(f"verdict word {word!r} is {len(pieces)} tokens {pieces} for this judge, not one")
+            ids.append(pieces[0])
+        params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=top_logprobs)
+        out = []
+        for result in self.llm.generate(prompts, params, use_tqdm=False):
+            first = result.outputs[0].logprobs[0]  # token id -> Logprob of the first position
+            out.append([first[i].logprob if i in first else None for i in ids])
+        return out
 
     # ------------------------------------------------------------ weight transfer (vLLM's API)
     def init_weight_transfer_engine(self, init_info: dict) -> None:

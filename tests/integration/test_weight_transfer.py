@@ -41,7 +41,7 @@ def test_synced_vllm_samples_from_the_new_weights(tiny_models, embeddings):
     from vllm import LLM, SamplingParams
     from vllm.distributed.weight_transfer import ModuleSource, WeightTransferTrainerFactory
 
-    from rl_safety.orchestration.cluster import free_port
+    from rl_safety.orchestration.cluster import free_ports
     from rl_safety.rollout.weight_transfer import GlooTrainerInitInfo
 
     path = str(tiny_models[embeddings])
@@ -54,7 +54,7 @@ def test_synced_vllm_samples_from_the_new_weights(tiny_models, embeddings):
         for param in policy.parameters():
             param.add_(torch.randn_like(param) * 0.5)
     sender = WeightTransferTrainerFactory.trainer_init(
-        GlooTrainerInitInfo(master_address="127.0.0.1", master_port=free_port(), world_size=2, rank=0),
+        GlooTrainerInitInfo(master_address="127.0.0.1", master_port=free_ports(1)[0], world_size=2, rank=0),
         client=LocalClient(llm), source=ModuleSource(policy),
     )
     sender.send_weights()
