@@ -1,5 +1,5 @@
 """What a CPU learner start costs and compiles: DeepSpeed's own `init_distributed` against
-rl-safety's (`rl_safety.learner.deepspeed_learner.init_distributed`), each in a fresh process with
+rl-safety's (`rl_safety.learner.model.init_distributed`), each in a fresh process with
 an empty torch-extensions directory, and again with a stale build lock in it (what a start killed
 during DeepSpeed's JIT build leaves behind).
 
@@ -28,8 +28,8 @@ os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0
 import deepspeed, torch
 t = time.perf_counter()
 if sys.argv[1] == "rl-safety":
-    from rl_safety.learner.deepspeed_learner import init_distributed
-    init_distributed(use_gpu=False)
+    from rl_safety.learner.model import init_distributed
+    init_distributed(0, 1, "127.0.0.1", int(sys.argv[2]), use_gpu=False)
 else:
     deepspeed.init_distributed(dist_backend="gloo")
 print(f"init_distributed {time.perf_counter() - t:.1f}", flush=True)

@@ -8,32 +8,24 @@ from __future__ import annotations
 
 import torch
 
-from rl_safety.algorithms.grpo_math import entropy_from_logits, logprobs_from_logits
+from rl_safety.algorithms.grpo_math import logprobs_from_logits
 
 
-def sequence_logprobs(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    temperature: float,
-    micro_batch_size: int,
-    with_entropy: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def sequence_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      temperature: float, micro_batch_size: int) -> torch.Tensor:
     """Logprobs [B, L-1] of each next token (temperature-scaled, as vLLM's processed logprobs),
-    and optionally the policy entropy [B, L-1], computed micro-batch by micro-batch."""
-    logprobs, entropies = [], []
+    computed micro-batch by micro-batch."""
+    logprobs = []
     for start in range(0, input_ids.shape[0], micro_batch_size):
         ids = input_ids[start : start + micro_batch_size]
         mask = attention_mask[start : start + micro_batch_size]
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
         logprobs.append(logprobs_from_logits(logits, ids[:, 1:], temperature))
-        if with_entropy:
-            entropies.append(entropy_from_logits(logits / temperature))
-    return torch.cat(logprobs), (torch.cat(entropies) if with_entropy else None)
+    return torch.cat(logprobs)
 
 
 class ReferencePolicy:
-    """The frozen starting policy, for the KL penalty. Plain class; a Ray actor wraps it."""
+    """The frozen starting policy, for the KL penalty. A plain class; GRPO runs it as a Ray actor."""
 
     def __init__(self, model_path: str, dtype: str, temperature: float, micro_batch_size: int,
                  trust_remote_code: bool = False) -> None:
@@ -48,6 +40,4 @@ class ReferencePolicy:
 
     @torch.no_grad()
     def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return sequence_logprobs(
-            self.model, input_ids, attention_mask, self.temperature, self.micro_batch_size
-        )[0]
+        return sequence_logprobs(self.model, input_ids, attention_mask, self.temperature, self.micro_batch_size)

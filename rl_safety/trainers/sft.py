@@ -1,5 +1,5 @@
-"""`rl-safety sft`: supervised fine-tuning on safety traces, DeepSpeed ZeRO + optional PEFT LoRA,
-loss on the assistant turn only. The output `final/` is a Hugging Face checkpoint that
+"""`rl-safety sft`: supervised fine-tuning on safety traces, DeepSpeed ZeRO (0-3) + optional PEFT
+LoRA, loss on the assistant turn only. The output `final/` is a Hugging Face checkpoint that
 `rl-safety grpo` takes as `model.path` (the warm start).
 
 Why our own loop and not TRL's SFTTrainer: (1) TRL renders conversational data with the chat
@@ -9,7 +9,8 @@ model would be trained to answer without reasoning; our examples are rendered by
 DeepSpeed path goes through accelerate and needs one launcher process per rank, a second way of
 starting distributed jobs next to the Ray placement GRPO already uses on CPU (gloo) and GPU
 (nccl), locally and on a cluster. Here the ranks are Ray actors placed like GRPO's learners, and
-the whole recipe -- data, loop, checkpoint -- reads top to bottom in this file.
+the whole recipe -- data, loop, checkpoint -- reads top to bottom in this file; the model itself
+(build, DeepSpeed, schedule, checkpoints, export) is GRPO's learner's, `rl_safety.learner.model`.
 
 Loss: token mean over the assistant tokens of the whole optimizer step (all ranks, all
 micro-batches), the same normalisation as GRPO's `token_mean`.
@@ -19,12 +20,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 import shutil
 import time
+import uuid
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -128,76 +127,40 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return nll, int((targets != IGNORE).sum())
 
 
+Rows = list[list[tuple[list[int], list[int]]]]  # training rows, each one or more (ids, labels) examples
+
+
+def step_plan(rows: Rows, cfg: SFTConfig) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps): each step takes micro x accumulation x ranks rows;
+    a partial last step is padded, not dropped."""
+    t = cfg.training
+    if not rows:
+        raise ValueError(f"no training rows: every example is longer than data.max_tokens={cfg.data.max_tokens}")
+    per_step = cfg.learner.micro_batch_size * t.gradient_accumulation_steps * cfg.learner.num_ranks
+    steps_per_epoch = -(-len(rows) // per_step)
+    return steps_per_epoch, steps_per_epoch * t.epochs if t.max_steps is None else min(t.max_steps, steps_per_epoch * t.epochs)
+
+
 # ------------------------------------------------------------------------------------ a rank
 class SFTRank:
-    """One DeepSpeed data-parallel rank: the whole training loop. Every rank runs `train` with
-    the same arguments (the collectives must line up); rank 0 writes metrics and the export."""
+    """One DeepSpeed data-parallel rank (`PolicyModel`: ZeRO 0-3, LoRA) and the training loop.
+    Every rank runs `train` with the same arguments (the collectives must line up); rank 0 writes
+    metrics and the export."""
 
     def __init__(self, cfg: SFTConfig, rank: int, world_size: int, master_addr: str, master_port: int,
-                 use_gpu: bool) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+                 use_gpu: bool, total_steps: int) -> None:
+        from transformers import AutoTokenizer
 
-        from rl_safety.learner.deepspeed_learner import init_distributed
+        from rl_safety.learner.model import PolicyModel
 
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        os.environ.update(RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE=str(world_size),
-                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
-        init_distributed(use_gpu)
-        torch.manual_seed(cfg.run.seed)
-        self.dtype = getattr(torch, cfg.model.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=self.dtype,
-                                                     trust_remote_code=cfg.model.trust_remote_code)
-        lr = cfg.learner
-        if lr.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.config.use_cache = False
-        if lr.lora is not None:
-            from peft import LoraConfig, get_peft_model
+        self.policy = PolicyModel(cfg.model, cfg.learner, rank=rank, world_size=world_size, master_addr=master_addr,
+                                  master_port=master_port, use_gpu=use_gpu, seed=cfg.run.seed,
+                                  accumulation=cfg.training.gradient_accumulation_steps, total_steps=total_steps)
 
-            if lr.gradient_checkpointing:
-                model.enable_input_require_grads()
-            model = get_peft_model(model, LoraConfig(
-                r=lr.lora.rank, lora_alpha=lr.lora.alpha, lora_dropout=lr.lora.dropout,
-                target_modules=lr.lora.target_modules, task_type="CAUSAL_LM"))
-        self.model = model
-        self.params = [p for p in model.parameters() if p.requires_grad]
-
-    def _engine(self, total_steps: int):
-        import deepspeed
-
-        lr, t = self.cfg.learner, self.cfg.training
-        optimizer = torch.optim.AdamW(self.params, lr=lr.learning_rate, betas=lr.adam_betas,
-                                      weight_decay=lr.weight_decay)
-
-        warmup = lr.warmup_for(total_steps)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if lr.lr_schedule == "constant":
-                return 1.0
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
-
-        zero: dict[str, Any] = {"stage": lr.zero_stage}
-        if lr.offload and lr.zero_stage > 0:
-            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
-        config = {
-            "train_micro_batch_size_per_gpu": lr.micro_batch_size,
-            "gradient_accumulation_steps": t.gradient_accumulation_steps,
-            "train_batch_size": lr.micro_batch_size * t.gradient_accumulation_steps * self.world_size,
-            "gradient_clipping": lr.max_grad_norm,
-            "zero_optimization": zero,
-            "bf16": {"enabled": self.cfg.model.dtype == "bfloat16"},
-            "steps_per_print": 10**9,
-        }
-        engine, *_ = deepspeed.initialize(model=self.model, optimizer=optimizer, config=config,
-                                          lr_scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, factor))
-        return engine
-
-    def train(self, encoded: list[tuple[list[int], list[int]]], run_dir: str,
-              resume_from: str | None = None) -> dict[str, float]:
-        """Optimizer steps over `encoded` in a seeded order per epoch; each step takes
+    def train(self, rows: Rows, run_dir: str, resume_from: str | None = None) -> dict[str, float]:
+        """Optimizer steps over `rows` in a seeded order per epoch; each step takes
         micro x accumulation x ranks rows, rank r the r-th block; the epoch's last step takes
         what is left, padded with loss-free rows (`step_micro_batches`). With `resume_from` (a committed
         checkpoint directory) the engine, optimizer and schedule are restored and training goes
@@ -209,19 +172,12 @@ class SFTRank:
 
         cfg, t = self.cfg, self.cfg.training
         micro, accum = cfg.learner.micro_batch_size, t.gradient_accumulation_steps
-        rows = pack(encoded, cfg.data.max_tokens) if t.packing else [[e] for e in encoded]
-        per_step = micro * accum * self.world_size
-        if not rows:
-            raise ValueError(f"no training rows: every example is longer than data.max_tokens={cfg.data.max_tokens}")
-        steps_per_epoch = -(-len(rows) // per_step)  # a partial last step is padded, not dropped
-        total = steps_per_epoch * t.epochs if t.max_steps is None else min(t.max_steps, steps_per_epoch * t.epochs)
-        engine = self._engine(total)
+        steps_per_epoch, total = step_plan(rows, cfg)
+        engine = self.policy.engine
         run = RunDirectory(run_dir)
         start = 0
         if resume_from is not None:
-            path, _ = engine.load_checkpoint(resume_from, tag="deepspeed")
-            if path is None:
-                raise FileNotFoundError(f"no DeepSpeed checkpoint under {resume_from}")
+            self.policy.load_checkpoint(resume_from)
             start = json.loads((Path(resume_from) / "driver_state.json").read_text())["step"]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         stats: dict[str, float] = {}
@@ -246,26 +202,22 @@ class SFTRank:
             for batch in batches:
                 logits = engine(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
                 nll, _ = token_nll(logits, batch["labels"])
-                loss = nll / count.item()
-                # DeepSpeed averages gradients over ranks and accumulation steps; the loss is
-                # already this rank's share of the step's token mean, so undo both.
-                engine.backward(loss * self.world_size, scale_wrt_gas=False)
-                engine.step()
+                self.policy.backward_step(nll / count.item())  # this rank's share of the step's token mean
                 loss_sum += nll.item()
             total_nll = torch.tensor([loss_sum])
             dist.all_reduce(total_nll)
             step = done + 1
             stats = {"step": step, "epoch": epoch, "loss": total_nll.item() / count.item(),
-                     "tokens": count.item(), "grad_norm": float(engine.get_global_grad_norm() or 0.0),
-                     "learning_rate": float(engine.get_lr()[0]), "step_time_s": time.time() - started}
+                     "tokens": count.item(), "grad_norm": self.policy.grad_norm(),
+                     "learning_rate": self.policy.learning_rate(), "step_time_s": time.time() - started}
             if self.rank == 0 and (step % cfg.run.log_every == 0 or step == total):
                 run.log_metrics(step, {k: v for k, v in stats.items() if k != "step"})
             if cfg.run.save_every and step % cfg.run.save_every == 0:
-                self._checkpoint(engine, run, step)
-        self._export(engine, Path(run_dir) / "final")
+                self._checkpoint(run, step)
+        self.policy.export_hf(str(Path(run_dir) / "final"))
         return {**stats, "rank_input_tokens": input_tokens}
 
-    def _checkpoint(self, engine, run, step: int) -> None:
+    def _checkpoint(self, run, step: int) -> None:
         """Every rank writes its DeepSpeed shard into the partial directory; rank 0 commits it
         once all have (the barrier), so a crash leaves no checkpoint that looks complete."""
         import torch.distributed as dist
@@ -274,40 +226,27 @@ class SFTRank:
             run.checkpoints.mkdir(parents=True, exist_ok=True)
             run.partial_checkpoint(step)
         dist.barrier()
-        engine.save_checkpoint(str(run.partial_path(step)), tag="deepspeed")
+        self.policy.save_checkpoint(str(run.partial_path(step)))
         dist.barrier()
         if self.rank == 0:
             run.commit_checkpoint(step, {"step": step}, keep=self.cfg.run.keep_checkpoints)
         dist.barrier()
 
-    def _export(self, engine, directory: Path) -> None:
-        """Rank 0 writes a plain Hugging Face checkpoint (LoRA merged into the weights), the
-        format `rl-safety grpo` loads as its starting policy. ZeRO <= 2 keeps whole parameters
-        on every rank, so no gather is needed."""
-        if self.rank != 0:
-            return
-        module = engine.module
-        if self.cfg.learner.lora is not None:
-            module = module.merge_and_unload()
-        tmp = directory.with_name(directory.name + ".tmp")
-        module.save_pretrained(str(tmp))
-        self.tokenizer.save_pretrained(str(tmp))
-        tmp.rename(directory)
-
 
 # ---------------------------------------------------------------------------------- driver
 def run_sft(cfg: SFTConfig, source: str = "<config>", resume: bool = False, allow_config_change: list[str] = ()) -> Path:
-    """Load and encode the data, start the ranks as Ray actors, train, return `final/`. With
-    `resume`, training goes on from the run's last intact checkpoint."""
+    """Load and encode the data, start the ranks as a Ray actor group on `cluster.address` (or a
+    local Ray), train, return `final/`. With `resume`, training goes on from the run's last
+    intact checkpoint."""
     import ray
-    from ray.util.placement_group import placement_group, remove_placement_group
     from transformers import AutoTokenizer
 
     from rl_safety import preflight
     from rl_safety.config.loader import dump_config
-    from rl_safety.learner.deepspeed_learner import build_lock_hint
+    from rl_safety.learner.model import build_lock_hint
     from rl_safety.data.safety import load_safety_dataset
     from rl_safety.orchestration import cluster
+    from rl_safety.orchestration.actor_group import ActorGroup
     from rl_safety.runs import RunDirectory
 
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
@@ -334,57 +273,35 @@ def run_sft(cfg: SFTConfig, source: str = "<config>", resume: bool = False, allo
     log.info("sft data: %d examples (%d rows skipped as malformed, %d longer than data.max_tokens=%d); %s",
              len(encoded), len(report.bad), dropped, cfg.data.max_tokens, cfg.batch_plan())
     preflight.check_sft_rows(cfg, len(encoded), dropped)
+    rows = pack(encoded, cfg.data.max_tokens) if cfg.training.packing else [[e] for e in encoded]
+    _, total_steps = step_plan(rows, cfg)
 
-    if not ray.is_initialized():
-        if cfg.cluster.address:
-            ray.init(address=cfg.cluster.address)
-        else:  # "local": a fresh local Ray, never an unrelated cluster already running on the machine
-            ray.init(address="local", include_dashboard=False,
-                     num_cpus=cfg.cluster.num_cpus or max(os.cpu_count() or 1, cfg.learner.num_ranks))
-    resources = ray.cluster_resources()
-    use_gpu = resources.get("GPU", 0) > 0 if cfg.cluster.device == "auto" else cfg.cluster.device == "gpu"
-    kind = "GPU" if use_gpu else "CPU"
-    if cfg.learner.num_ranks > resources.get(kind, 0):
-        raise cluster.ClusterError(f"{source}: learner.num_ranks={cfg.learner.num_ranks} but the Ray cluster has only "
-                                   f"{int(resources.get(kind, 0))} {kind}(s)")
-    bundle = {"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1}
-    group = placement_group([dict(bundle)] * cfg.learner.num_ranks, strategy=cfg.cluster.placement_strategy)
-    ray.get(group.ready(), timeout=600)
-    ledger.set_devices(kind.lower(), cfg.learner.num_ranks)
-    ranks, completed = [], False
+    c, n = cfg.cluster, cfg.learner.num_ranks
+    cluster.connect(c, n)
+    use_gpu = cluster.uses_gpu(c, source)
+    bundles = cluster.device_bundles(n, use_gpu, c.learner_resources)
+    cluster.check_capacity(bundles, use_gpu, source, f"learner.num_ranks={n}")
+    group = cluster.placement_group(bundles, c.placement_strategy, c.startup_timeout_s, "SFT ranks")
+    ledger.set_devices("gpu" if use_gpu else "cpu", n)
+    ranks, completed = None, False
     try:
-        address, port, _ = cluster.node_address_in(group, 0)
-        rank_cls = ray.remote(SFTRank)
-        n = cfg.learner.num_ranks
-        ranks = [rank_cls.options(**cluster.in_bundle(group, r, 1.0, use_gpu)).remote(cfg, r, n, address, port, use_gpu)
-                 for r in range(n)]
-        ray.get(cluster.wait_started({f"rank-{r}": h for r, h in enumerate(ranks)},
-                                     f"starting the SFT ranks (DeepSpeed, model {cfg.model.path})",
-                                     cfg.cluster.start_timeout_s, build_lock_hint))
-        encoded_ref = ray.put(encoded)
+        address, port, _ = cluster.node_address_in(group, 0, c.startup_timeout_s)
+        ranks = ActorGroup("rank", SFTRank, n, what="SFT ranks (DeepSpeed)", tag=uuid.uuid4().hex[:6],
+                           options=lambda r: cluster.in_bundle(group, r, 1.0, use_gpu),
+                           kwargs=dict(cfg=cfg, world_size=n, master_addr=address, master_port=port, use_gpu=use_gpu,
+                                       total_steps=total_steps),
+                           rank_kwargs=lambda r: {"rank": r},
+                           startup_timeout_s=c.startup_timeout_s, call_timeout_s=c.call_timeout_s).wait_started(hint=build_lock_hint)
         with ledger.phase("train"):
-            results = ray.get([h.train.remote(encoded_ref, str(run_dir), resume_from and str(resume_from))
-                               for h in ranks])
+            results = ranks.call_all("train", ray.put(rows), str(run_dir), resume_from and str(resume_from),
+                                     what="training (SFT ranks)")
         ledger.add_tokens(trained=sum(r["rank_input_tokens"] for r in results))
         completed = True
         log.info("sft done: %s", results[0])
     finally:
-        ledger.finish({f"rank-{r}": h for r, h in enumerate(ranks)}, complete=completed)
-        for handle in ranks:
-            ray.kill(handle)
-        remove_placement_group(group)
+        ledger.finish(ranks.by_rank if ranks else None, complete=completed)
+        if ranks is not None:
+            ranks.kill()
+        cluster.remove(group)
     return run_dir / "final"
 
-
-def main(argv: list[str]) -> int:
-    from rl_safety.config.loader import config_from_command_line
-
-    from rl_safety.preflight import add_resume_arguments
-
-    cfg, args = config_from_command_line(
-        SFTConfig, argv, "rl-safety sft", "SFT on safety traces (DeepSpeed, LoRA)",
-        config_help="YAML config (see configs/sft_*.yaml)", add_arguments=add_resume_arguments)
-    print(f"batch plan: {cfg.batch_plan()}")
-    final = run_sft(cfg, source=args.config, resume=args.resume, allow_config_change=args.allow_config_change)
-    print(f"done: checkpoint in {final} (use it as model.path of rl-safety grpo)")
-    return 0

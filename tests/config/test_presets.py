@@ -78,7 +78,7 @@ def test_thinksafe_generation_presets_filter_with_the_authors_guard():
     for name in ("thinksafe_qwen3_8b.yaml", "thinksafe_r1distill_qwen_7b.yaml"):
         cfg = load_config(ThinkSafeConfig, CONFIGS / name)
         g = cfg.generation
-        assert (g.temperature, g.top_p, g.max_new_tokens, g.samples_per_prompt, g.top_k) == (0.6, 0.95, 16384, 1, None)
+        assert (g.temperature, g.top_p, g.max_new_tokens, g.n, g.top_k) == (0.6, 0.95, 16384, 1, "family")
         assert cfg.thinksafe.filter == "guard" and cfg.thinksafe.guard.model == "meta-llama/Llama-Guard-3-8B"
         assert cfg.thinksafe.guard.view == "full" and cfg.data.dataset == "safechain"
 
@@ -101,14 +101,9 @@ SAFETY_TAX_SFT = {
     ("sft_r1distill_qwen_1.5b_directrefusal.yaml", "TianshengHuang/DirectRefusal", "directrefusal_text"),
 ])
 def test_safety_tax_sft_presets(name, data, dataset):
-    path = CONFIGS / name
-    if "32b" in name:  # sharded full fine-tuning of 32B: SFT has no ZeRO-3 yet (issue 12); checked at 2
-        with pytest.raises(ConfigError, match="zero_stage=3 is not supported by sft yet"):
-            load_config(SFTConfig, path)
-        cfg = load_config(SFTConfig, path, ["learner.zero_stage=2"])
-        assert cfg.model.path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"
-    else:
-        cfg = load_config(SFTConfig, path)
+    cfg = load_config(SFTConfig, CONFIGS / name)
+    if "32b" in name:  # sharded full fine-tuning of 32B: ZeRO-3
+        assert cfg.model.path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B" and cfg.learner.zero_stage == 3
     for key, value in SAFETY_TAX_SFT.items():
         assert get(cfg, key) == value, key
     assert (cfg.data.train, cfg.data.dataset) == (data, dataset)

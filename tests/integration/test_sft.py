@@ -1,5 +1,5 @@
-"""`rl-safety sft` end to end: Ray actors, DeepSpeed ZeRO-2 on gloo (2 ranks), full fine-tuning
-and PEFT LoRA; the checkpoint starts a GRPO run."""
+"""`rl-safety sft` end to end: Ray actors, DeepSpeed ZeRO-2 and ZeRO-3 on gloo (2 ranks), full
+fine-tuning and PEFT LoRA; the checkpoint starts a GRPO run."""
 
 from __future__ import annotations
 
@@ -59,16 +59,28 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.fixture(scope="module")
+def full_runs(tmp_path_factory, tiny_models, sft_data) -> dict[int, tuple[Path, Path]]:
+    """{ZeRO stage: (run dir, final/)} of the same full fine-tune at stages 2 and 3."""
+    root = tmp_path_factory.mktemp("full")
+    return {stage: run_sft(root / f"zero{stage}", tiny_models["tied"], sft_data, {"learner.zero_stage": stage})
+            for stage in (2, 3)}
+
+
 @pytest.mark.parametrize("overrides", [
     {},
+    {"learner.zero_stage": 3},
     {"learner.lora": {"rank": 8, "alpha": 16}, "training.packing": True, "data.max_tokens": 128,
      "learner.micro_batch_size": 1, "training.gradient_accumulation_steps": 1, "training.epochs": 4},
-], ids=["full-zero2-2ranks", "lora-zero2-2ranks-packed"])
-def test_sft_learns_and_exports_a_checkpoint(tmp_path, tiny_models, sft_data, overrides):
+], ids=["full-zero2-2ranks", "full-zero3-2ranks", "lora-zero2-2ranks-packed"])
+def test_sft_learns_and_exports_a_checkpoint(tmp_path, tiny_models, sft_data, full_runs, overrides):
     import torch
     from transformers import AutoModelForCausalLM
 
-    run_dir, final = run_sft(tmp_path, tiny_models["tied"], sft_data, overrides)
+    if "learner.lora" in overrides:
+        run_dir, final = run_sft(tmp_path, tiny_models["tied"], sft_data, overrides)
+    else:
+        run_dir, final = full_runs[overrides.get("learner.zero_stage", 2)]
     metrics = _metrics(run_dir)
     # 16 examples / (2 x 2 x 2) = 2 steps per epoch unpacked; packed rows are fewer
     assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.3, metrics
@@ -97,6 +109,23 @@ def test_sft_learns_and_exports_a_checkpoint(tmp_path, tiny_models, sft_data, ov
     assert cost["parameters"] == sum(p.numel() for p in base.parameters())
     assert set(cost["peak_memory_gb"]) == {"driver", "rank-0", "rank-1"}
     assert cost["phase_time_s"]["train"] > 0 and not (run_dir / "cost_data.json").exists()
+
+
+def test_zero3_trains_and_exports_what_zero2_does(full_runs):
+    """ZeRO-3 partitions parameters, gradients and optimizer state over the ranks, and the
+    export gathers them layer by layer: the same fine-tune must take the same steps (losses)
+    and end with the same full weights as ZeRO-2, which keeps whole parameters on every rank."""
+    import torch
+    from safetensors.torch import load_file
+
+    (zero2_dir, zero2), (zero3_dir, zero3) = full_runs[2], full_runs[3]
+    losses2, losses3 = [m["loss"] for m in _metrics(zero2_dir)], [m["loss"] for m in _metrics(zero3_dir)]
+    assert len(losses2) == len(losses3) == 6
+    assert losses3 == pytest.approx(losses2, rel=1e-4)
+    weights2, weights3 = load_file(zero2 / "model.safetensors"), load_file(zero3 / "model.safetensors")
+    assert weights2.keys() == weights3.keys()
+    for name, tensor in weights2.items():
+        torch.testing.assert_close(weights3[name], tensor, rtol=1e-4, atol=1e-5)
 
 
 def test_sft_checkpoint_starts_a_grpo_run(tmp_path, tiny_models, sft_data, prompt_file):

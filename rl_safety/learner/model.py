@@ -1,0 +1,264 @@
+"""The policy model of every trainer: built (dtype, LoRA, gradient checkpointing), wrapped in
+DeepSpeed (ZeRO 0-3, optional CPU offload), stepped on a warmup + constant / cosine schedule,
+checkpointed, and exported as a Hugging Face checkpoint (LoRA merged, ZeRO-3 shards gathered one
+layer at a time). The GRPO learner and the SFT rank are each a `PolicyModel` plus their loss.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rl_safety.config.grpo import LearnerSection, ModelSection
+
+
+def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int, use_gpu: bool) -> None:
+    """Join the ranks' process group (nccl on GPU, gloo on CPU) at an address Ray gave, without
+    any run-time compile.
+
+    On CPU, DeepSpeed 0.19's TorchBackend JIT-builds its shared-memory op (`deepspeed_shm_comm`,
+    csrc/cpu/comm/shm*.cpp) through torch's cpp_extension on first use: a compile of about a
+    minute under a file lock in the torch-extensions cache (~/.cache/torch_extensions). The op
+    serves only `inference_all_reduce` (DeepSpeed's tensor-parallel inference); training's
+    collectives go through gloo. A start killed during that build leaves the lock behind, and
+    every later learner on the machine waits on it forever. Marked incompatible, the op is
+    skipped and nothing is built."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE=str(world_size),
+                      MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+    shm = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if shm is not None:
+        deepspeed.ops.__compatible_ops__[shm.NAME] = False  # DeepSpeed's own switch: build_shm_op checks it
+    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+    if not use_gpu:
+        # Ray pins actors to OMP_NUM_THREADS=1; on CPU the ranks of a node should share its cores
+        # instead (rollout engines idle while the learners train).
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+
+
+def build_lock_hint() -> str:
+    """For the message of a learner start that timed out: the build locks in the torch-extensions
+    cache of this node (a JIT build killed midway leaves one, and every later build of that op
+    waits on it forever), or where to look on the learners' nodes."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    locks = sorted(str(p) for p in root.rglob("lock")) if root.is_dir() else []
+    if locks:
+        return (f"; stale build lock(s) on this node: {', '.join(locks[:3])} (if no compile is running, a "
+                "killed build left them and every later build waits: remove them)")
+    return (f"; if a learner hangs in a DeepSpeed/torch extension build, look for a stale `lock` file under "
+            f"{root} (or $TORCH_EXTENSIONS_DIR) on its node")
+
+
+def load_model(model: ModelSection, learner: LearnerSection, seed: int) -> torch.nn.Module:
+    """The Hugging Face model in `model.dtype`, with gradient checkpointing and a LoRA adapter
+    (seeded: every rank draws the same initial adapter) as the learner section asks."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    module = AutoModelForCausalLM.from_pretrained(model.path, dtype=getattr(torch, model.dtype),
+                                                  trust_remote_code=model.trust_remote_code)
+    if learner.gradient_checkpointing:
+        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        module.config.use_cache = False
+    if learner.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        if learner.gradient_checkpointing:
+            module.enable_input_require_grads()
+        module = get_peft_model(module, LoraConfig(
+            r=learner.lora.rank, lora_alpha=learner.lora.alpha, lora_dropout=learner.lora.dropout,
+            target_modules=learner.lora.target_modules, task_type="CAUSAL_LM",
+        ))
+    return module
+
+
+def deepspeed_config(learner: LearnerSection, *, accumulation: int, world_size: int, bf16: bool) -> dict[str, Any]:
+    zero: dict[str, Any] = {"stage": learner.zero_stage}
+    if learner.offload and learner.zero_stage > 0:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+        if learner.zero_stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    return {
+        "train_micro_batch_size_per_gpu": learner.micro_batch_size,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": learner.micro_batch_size * accumulation * world_size,
+        "gradient_clipping": learner.max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def lr_factor(step: int, learner: LearnerSection, total_steps: int) -> float:
+    """Learning-rate multiplier at optimizer step `step`: linear warmup (`warmup_steps`, or
+    `warmup_ratio` of `total_steps`), then constant or a cosine decay to 0 at `total_steps`."""
+    warmup = learner.warmup_for(total_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    if learner.lr_schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class PolicyModel:
+    """One DeepSpeed data-parallel rank of the trained policy. Every rank must receive the same
+    sequence of calls (the collectives line up)."""
+
+    def __init__(self, model: ModelSection, learner: LearnerSection, *, rank: int, world_size: int,
+                 master_addr: str, master_port: int, use_gpu: bool, seed: int, accumulation: int,
+                 total_steps: int) -> None:
+        import deepspeed
+
+        init_distributed(rank, world_size, master_addr, master_port, use_gpu)
+        self.model_cfg, self.learner_cfg = model, learner
+        self.rank, self.world_size = rank, world_size
+        self.dtype = getattr(torch, model.dtype)
+        self.lora = learner.lora
+        module = load_model(model, learner, seed)
+        optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=learner.learning_rate,
+                                      betas=learner.adam_betas, weight_decay=learner.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, learner, total_steps))
+        self.engine, *_ = deepspeed.initialize(
+            model=module, optimizer=optimizer, lr_scheduler=schedule,
+            config=deepspeed_config(learner, accumulation=accumulation, world_size=world_size,
+                                    bf16=model.dtype == "bfloat16"),
+        )
+        self._stage0_grad_norm = float("nan")
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    # ------------------------------------------------------------------------------- update
+    def backward_step(self, loss: torch.Tensor) -> None:
+        """Backward and (at an accumulation boundary) optimizer step for a loss that is already
+        this rank's share of the whole optimizer step's mean: DeepSpeed's averaging over ranks
+        and accumulation steps is undone."""
+        self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+        if self.engine.is_gradient_accumulation_boundary() and self.learner_cfg.zero_stage == 0:
+            # DeepSpeed reports the global grad norm only from its ZeRO / bf16 optimizers; at
+            # stage 0 the (already all-reduced) gradients are here to measure before the step.
+            grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+            self._stage0_grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+        self.engine.step()
+
+    def grad_norm(self) -> float:
+        """Global gradient norm of the last optimizer step (before clipping)."""
+        norm = self.engine.get_global_grad_norm()
+        return float(norm if norm is not None else self._stage0_grad_norm)
+
+    def learning_rate(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    # ---------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, directory: str, tag: str = "deepspeed") -> None:
+        """This rank's part of a DeepSpeed checkpoint (model, optimizer, schedule)."""
+        self.engine.save_checkpoint(directory, tag=tag)
+
+    def load_checkpoint(self, directory: str, tag: str = "deepspeed") -> None:
+        path, _ = self.engine.load_checkpoint(directory, tag=tag)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")
+
+    def export_hf(self, directory: str) -> None:
+        """Hugging Face checkpoint of the policy (LoRA merged) and its tokenizer, written by rank
+        0 into `directory` at once (a temporary directory renamed); a collective under ZeRO-3,
+        so every rank calls it."""
+        state = {name: tensor.cpu() for names, tensors in self.weights().iter_groups()
+                 for name, tensor in zip(names, tensors)}
+        if self.rank != 0:
+            return
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: I001
+
+        m = self.model_cfg
+        config = AutoConfig.from_pretrained(m.path, trust_remote_code=m.trust_remote_code)
+        model = AutoModelForCausalLM.from_config(config, dtype=self.dtype)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+        if set(missing) - tied or unexpected:
+            raise RuntimeError(f"export: missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
+        target = Path(directory)
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(m.path, trust_remote_code=m.trust_remote_code).save_pretrained(tmp)
+        tmp.rename(target)
+
+    def weights(self) -> PolicyWeights:
+        return PolicyWeights(self)
+
+
+class PolicyWeights:
+    """The policy's weights in Hugging Face names, one decoder layer at a time: what the weight
+    sync sends to vLLM and what the export writes.
+
+    Under ZeRO-3 each layer is gathered with `GatheredParameters` (a collective on every rank)
+    and released before the next, so no rank ever holds the full model. LoRA adapters are merged
+    on the fly (W + scale * B @ A); adapter tensors themselves are not sent."""
+
+    def __init__(self, policy: PolicyModel) -> None:
+        self.policy = policy
+        module = policy.module
+        self.peft = policy.lora is not None
+        self.base = module.get_base_model() if self.peft else module
+        self.params: dict[str, torch.nn.Parameter] = {}
+        for name, param in self.base.named_parameters():
+            if "lora_" in name:
+                continue
+            self.params[name.replace(".base_layer", "")] = param
+        self.lora_layers: dict[str, torch.nn.Module] = {}
+        if self.peft:
+            from peft.tuners.lora import LoraLayer
+
+            for name, mod in self.base.named_modules():
+                if isinstance(mod, LoraLayer):
+                    self.lora_layers[f"{name}.weight"] = mod
+
+    def metadata(self):
+        from vllm.distributed.weight_transfer.base import ParamMeta
+
+        return [ParamMeta(n, self.policy.dtype, tuple(getattr(p, "ds_shape", p.shape)))
+                for n, p in self.params.items()]
+
+    def groups(self) -> list[list[str]]:
+        from vllm.distributed.weight_transfer.base import layerwise_groups
+
+        return layerwise_groups(list(self.params))
+
+    def held_names(self):
+        return None
+
+    def iter_groups(self) -> Iterator[tuple[list[str], list[torch.Tensor]]]:
+        import deepspeed
+
+        zero3 = self.policy.learner_cfg.zero_stage == 3
+        for names in self.groups():
+            to_gather = [self.params[n] for n in names]
+            for n in names:
+                if n in self.lora_layers:
+                    to_gather += list(self.lora_layers[n].parameters())
+            with deepspeed.zero.GatheredParameters(to_gather, enabled=zero3):
+                tensors = []
+                for n in names:
+                    weight = self.params[n].data
+                    if n in self.lora_layers:
+                        layer = self.lora_layers[n]
+                        weight = weight + layer.get_delta_weight(layer.active_adapter[0]).to(weight.dtype)
+                    tensors.append(weight.to(self.policy.dtype).clone())
+            yield names, tensors
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for names, tensors in self.iter_groups():
+            yield from zip(names, tensors)
