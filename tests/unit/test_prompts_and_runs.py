@@ -9,8 +9,8 @@ import torch
 
 from rl_safety.data.prompts import DatasetError, PromptExample, PromptSampler, build_prompts
 from rl_safety.rollout.vllm_engine import Completion
+from rl_safety.rollout.batch import Sample, build_batch
 from rl_safety.runs import RunDirectory, RunError
-from rl_safety.trainers.grpo import Sample, build_batch
 
 
 def test_sampler_covers_each_epoch_once_and_resumes_across_the_boundary():
