@@ -1,5 +1,5 @@
 """A helpfulness judge for benign prompts: any chat model served by vLLM (through the same named
-Ray actor as the guard judges) rates how well the final answer answers the request, 1-10.
+judge engines as the guard judges) rates how well the final answer answers the request, 1-10.
 
 The rule-based `safety` reward already refuses full reward to non-answers ("Sure.", a one-word
 reply, a restatement of the question); this judge grades the rest, for real runs with a model to
@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from rewards.judge import JudgeOutputError, judge_outputs, values_or_abstain
+from rewards.judge import JudgeOutputError, check_moved_args, judge_outputs, values_or_abstain
 from rewards.registry import register, require_column
 from rewards.text import parse_labels, responses
 
@@ -48,16 +48,15 @@ def parse_rating(output: str) -> float:
 @register("helpfulness_judge")
 def helpfulness_judge(prompts: list[str], completions: list, label: list | None = None,
                       prompt_opens_think: list | None = None, *, model: str, on_unparseable: str = "raise",
-                      max_response_chars: int | None = None, max_new_tokens: int = 16,
-                      num_gpus: float | None = None, num_cpus: float = 1, max_model_len: int = 8192,
-                      vllm_kwargs: dict[str, Any] | None = None, **_: object) -> list[float | None]:
+                      max_response_chars: int | None = None, max_new_tokens: int = 16, dtype: str = "auto",
+                      engine: dict[str, Any] | None = None, **columns: object) -> list[float | None]:
     """The judge's rating of each benign prompt's final answer, in [0, 1]; None for other
     prompts. A completion without a final answer is not sent and scores 0.0 (nothing answered).
 
     model: the judge, a chat checkpoint (hub id or path). max_new_tokens: room for "Rating: N".
-    on_unparseable, max_response_chars, num_gpus, num_cpus, max_model_len, vllm_kwargs: as for
-    `guard_judge`.
+    on_unparseable, max_response_chars, dtype, engine: as for `guard_judge`.
     """
+    check_moved_args("helpfulness_judge", columns)
     if on_unparseable not in ("raise", "abstain"):
         raise ValueError(f"helpfulness_judge: on_unparseable={on_unparseable!r} (raise|abstain)")
     kinds = parse_labels(require_column(label, "label", "helpfulness_judge"), where="helpfulness_judge: sample")
@@ -65,7 +64,6 @@ def helpfulness_judge(prompts: list[str], completions: list, label: list | None 
     judged = [i for i, kind in enumerate(kinds) if kind == "benign" and split[i].answer is not None]
     answers = {i: split[i].answer[-max_response_chars:] if max_response_chars else split[i].answer for i in judged}
     outputs = judge_outputs([helpfulness_messages(prompts[i], answers[i]) for i in judged], max_new_tokens,
-                            model=model, num_gpus=num_gpus, num_cpus=num_cpus, max_model_len=max_model_len,
-                            vllm_kwargs=dict(vllm_kwargs or {}), chat=True) if judged else []
+                            model=model, engine=engine, dtype=dtype, chat=True) if judged else []
     ratings = dict(zip(judged, values_or_abstain(outputs, parse_rating, on_unparseable, "helpfulness_judge")))
     return [ratings[i] if i in ratings else 0.0 if kind == "benign" else None for i, kind in enumerate(kinds)]

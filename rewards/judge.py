@@ -5,8 +5,9 @@ WildGuard's classifier instruction); verdicts are parsed from the generated text
 and an output that does not parse is an error or, if configured, an abstention (None). It is never
 a silent 0: a judge that quietly scores everything 0 trains on noise.
 
-vLLM and Ray are imported only when the reward is first called. One actor serves each distinct
-judge configuration and is shared by every caller in the Ray cluster (a named actor).
+vLLM and Ray are imported only when the reward is first called. The judge runs on rl-safety's own
+vLLM engine actors (`rl_safety.orchestration.engines`); one set of engines serves each distinct
+judge configuration and is shared by every caller in the Ray cluster (named actors).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from rewards.registry import register
@@ -127,85 +128,77 @@ FORMATS: dict[str, GuardFormat] = {
 }
 
 
-class GuardServer:
-    """A vLLM engine generating guard verdicts greedily. Plain class; `judge_outputs` runs it as a
-    Ray actor."""
+_JUDGES: dict[tuple[str, str], Any] = {}  # (actor name, Ray session's node id) -> the judge's ActorGroup
 
-    def __init__(self, model: str, max_model_len: int = 8192, seed: int = 0, **vllm_kwargs: Any) -> None:
-        from vllm import LLM
-
-        self.llm = LLM(model=model, max_model_len=max_model_len, seed=seed, **vllm_kwargs)
-
-    def generate(self, prompts: list[str], max_tokens: int) -> list[str]:
-        from vllm import SamplingParams
-
-        params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
-        return [out.outputs[0].text for out in self.llm.generate(prompts, params, use_tqdm=False)]
-
-    def chat(self, conversations: list[list[dict[str, str]]], max_tokens: int) -> list[str]:
-        """Greedy replies of a chat model (its own chat template) to each conversation."""
-        from vllm import SamplingParams
-
-        params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
-        return [out.outputs[0].text for out in self.llm.chat(conversations, params, use_tqdm=False)]
-
-    def first_token_logprobs(self, prompts: list[str], words: list[str], top_logprobs: int) -> list[list[float | None]]:
-        """Per prompt, the log-probability of each of `words` as the first generated token (None
-        where it is not among the `top_logprobs` most likely). Each word must be one token of
-        the judge's vocabulary: a sub-word piece would read the wrong probability."""
-        from vllm import SamplingParams
-
-        tokenizer = self.llm.get_tokenizer()
-        ids = []
-        for word in words:
-            pieces = tokenizer.encode(word, add_special_tokens=False)
-            if len(pieces) != 1:
-                raise JudgeOutputError(f"verdict word {word!r} is {len(pieces)} tokens {pieces} for this judge, not one")
-            ids.append(pieces[0])
-        params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=top_logprobs)
-        out = []
-        for result in self.llm.generate(prompts, params, use_tqdm=False):
-            first = result.outputs[0].logprobs[0]  # token id -> Logprob of the first position
-            out.append([first[i].logprob if i in first else None for i in ids])
-        return out
+# Judge arguments of earlier versions, and where each setting is now.
+MOVED_ARGS = {"max_model_len": "engine.max_model_len", "vllm_kwargs": "engine (see rl_safety.config.engine) and dtype",
+              "num_gpus": "nothing: the judge takes a GPU per tensor-parallel rank when the cluster has GPUs",
+              "num_cpus": "nothing: each judge actor takes one CPU"}
 
 
-_SERVERS: dict[tuple[str, str], Any] = {}  # (actor name, Ray session's node id) -> judge actor handle
+def check_moved_args(judge: str, kwargs: dict[str, object]) -> None:
+    moved = [f"{arg} -> {MOVED_ARGS[arg]}" for arg in kwargs if arg in MOVED_ARGS]
+    if moved:
+        raise ValueError(f"{judge}: arguments moved: {'; '.join(moved)}")
 
 
-def judge_server(server_class: type, init_kwargs: dict[str, Any], *, num_gpus: float | None, num_cpus: float):
-    """The Ray actor of `server_class(**init_kwargs)` serving this judge configuration: created
-    on first use (starting a local Ray if none is running), found by name afterwards, so every
-    reward worker in the cluster shares one engine per judge."""
+def shared_judge(key: list[Any], start: Callable[[str, Any, bool], Any], devices: int) -> Any:
+    """The judge's ActorGroup for this configuration (`key`), shared by every caller in the Ray
+    cluster: started on first use by `start(actor name, cluster section, uses GPU)` (on the
+    running Ray, `RAY_ADDRESS`'s cluster, or a local one) and found by name afterwards."""
     import ray
 
-    if not ray.is_initialized():
-        # Join a cluster only when asked to (RAY_ADDRESS); never attach to a stranger's Ray.
-        ray.init(address=os.environ.get("RAY_ADDRESS", "local"), include_dashboard=False)
-    if num_gpus is None:
-        num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    key = json.dumps([server_class.__name__, num_gpus, init_kwargs], sort_keys=True, default=str)
-    name = f"rewards_judge_{hashlib.sha1(key.encode()).hexdigest()[:12]}"
-    # A named actor dies with the last handle of the process that made it: keep the handle for
-    # this Ray session, or the engine is torn down (and rebuilt) between calls, racing callers.
+    from rl_safety.config.cluster import ClusterSection
+    from rl_safety.orchestration import cluster
+
+    where = ClusterSection(address=os.environ.get("RAY_ADDRESS"))  # never attach to a stranger's Ray
+    cluster.connect(where, devices)
+    use_gpu = cluster.uses_gpu(where, f"judge {key[1]}")
+    name = f"rewards_judge_{hashlib.sha1(json.dumps([*key, use_gpu], sort_keys=True, default=str).encode()).hexdigest()[:12]}"
+    # A named actor dies with the last handle of the process that made it: keep the handles for
+    # this Ray session, or the judge is torn down (and rebuilt) between calls, racing callers.
     session = (name, ray.get_runtime_context().get_node_id())
-    if session not in _SERVERS:
-        _SERVERS[session] = ray.remote(server_class).options(
-            name=name, namespace="rewards", get_if_exists=True, num_gpus=num_gpus, num_cpus=num_cpus,
-        ).remote(**init_kwargs)
-    return _SERVERS[session]
+    if session not in _JUDGES:
+        _JUDGES[session] = start(name, where, use_gpu).wait_started()
+    return _JUDGES[session]
 
 
-def judge_outputs(judge_prompts: list, max_tokens: int, *, model: str, num_gpus: float | None,
-                  num_cpus: float, max_model_len: int, vllm_kwargs: dict[str, Any], chat: bool = False) -> list[str]:
-    """The judge's raw outputs for already-formatted prompts (with `chat`, conversations: lists of
-    {"role", "content"} messages), from the judge's shared Ray actor (`judge_server`)."""
-    import ray
+def engine_settings(engine: dict[str, Any] | None) -> Any:
+    """A judge's `engine` mapping as a JudgeEngineSection (rl_safety.config.engine); a bad setting
+    is a ValueError naming it."""
+    from pydantic import ValidationError
 
-    server = judge_server(GuardServer, {"model": model, "max_model_len": max_model_len, **vllm_kwargs},
-                          num_gpus=num_gpus, num_cpus=num_cpus)
-    method = server.chat if chat else server.generate
-    return ray.get(method.remote(judge_prompts, max_tokens))
+    from rl_safety.config.engine import JudgeEngineSection
+
+    if engine is not None and not isinstance(engine, dict):
+        raise ValueError(f"engine={engine!r}: expected a mapping of engine settings (num_engines, max_model_len, ...)")
+    try:
+        return JudgeEngineSection.model_validate(engine or {})
+    except ValidationError as err:
+        problem = err.errors()[0]
+        raise ValueError(f"engine.{'.'.join(map(str, problem['loc']))}: {problem['msg']}") from None
+
+
+def judge_engines(model: str, engine: dict[str, Any] | None, dtype: str) -> Any:
+    """The vLLM engines (rl-safety's RolloutEngine actors) serving judge `model`; `engine`:
+    EngineSection settings (`engine_settings`)."""
+    from rl_safety.orchestration.engines import start_engines
+
+    settings = engine_settings(engine)
+    return shared_judge(
+        ["vllm", model, dtype, settings.model_dump()],
+        lambda name, where, use_gpu: start_engines(model, settings, where, dtype=dtype, seed=0,
+                                                   max_model_len=settings.max_model_len, use_gpu=use_gpu, name=name,
+                                                   namespace="rewards", what=f"judge engines ({model})"),
+        settings.devices)
+
+
+def judge_outputs(judge_prompts: list, max_tokens: int, *, model: str, engine: dict[str, Any] | None = None,
+                  dtype: str = "auto", chat: bool = False) -> list[str]:
+    """The judge's raw greedy outputs for already-formatted prompts (with `chat`, conversations:
+    lists of {"role", "content"} messages), split over its engines (`judge_engines`)."""
+    return judge_engines(model, engine, dtype).shard("complete", {"prompts": judge_prompts}, what=f"judging with {model}",
+                                                     max_tokens=max_tokens, chat=chat)
 
 
 @dataclass(frozen=True)
@@ -216,42 +209,53 @@ class GuardConfig:
     on_unparseable: "raise" (default) fails the step, naming the sample and the judge's output;
         "abstain" gives None for that sample and logs it.
     max_response_chars: keep only the end of longer responses (the judge's context is finite).
-    num_gpus / num_cpus: resources of the judge's actor (num_gpus None: 1 if the cluster has GPUs).
-    max_model_len: the guard engine's context. vllm_kwargs: extra `vllm.LLM` arguments (dtype,
-        gpu_memory_utilization, kv_cache_memory_bytes...).
+    dtype: the judge's vLLM dtype. engine: its engines' settings (rl_safety.config.engine.EngineSection:
+        num_engines, tensor_parallel_size, max_model_len (default 8192), gpu_memory_utilization,
+        kv_cache_memory_mb, enforce_eager).
     """
 
     model: str
     format: str = "llama_guard_3"
     on_unparseable: str = "raise"
     max_response_chars: int | None = None
-    num_gpus: float | None = None
-    num_cpus: float = 1
-    max_model_len: int = 8192
-    vllm_kwargs: dict[str, Any] | None = None
+    dtype: str = "auto"
+    engine: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
-            raise ValueError(f"guard format {self.format!r}; choose from {sorted(FORMATS)}")
+            raise ValueError(f"format {self.format!r}: choose from {sorted(FORMATS)}")
         if self.on_unparseable not in ("raise", "abstain"):
             raise ValueError(f"on_unparseable={self.on_unparseable!r} (raise|abstain)")
+        engine_settings(self.engine)
 
     def verdicts(self, prompts: list[str], responses_: list[str], judge: str = "guard") -> list[Verdict | None]:
         """The guard's parsed verdict on each (prompt, response); None where it abstains (logged
         under `judge`)."""
         guard = FORMATS[self.format]
         outputs = judge_outputs([guard.build(p, r) for p, r in zip(prompts, responses_, strict=True)], guard.max_tokens,
-                                model=self.model, num_gpus=self.num_gpus, num_cpus=self.num_cpus,
-                                max_model_len=self.max_model_len, vllm_kwargs=dict(self.vllm_kwargs or {}))
+                                model=self.model, engine=self.engine, dtype=self.dtype)
         return values_or_abstain(outputs, guard.parse, self.on_unparseable, judge)
 
 
-_GUARD_KEYS = ("model", "format", "on_unparseable", "max_response_chars", "num_gpus", "num_cpus", "max_model_len",
-               "vllm_kwargs")
+GUARD_SETTINGS = tuple(f.name for f in fields(GuardConfig))
+
+
+def guard_config(settings: dict[str, Any], where: str = "guard") -> GuardConfig:
+    """A GuardConfig from a config's mapping (found at `where`, e.g. a reward's `guard` argument);
+    a moved, unknown or bad setting is named."""
+    check_moved_args(where, settings)
+    unknown = sorted(set(settings) - set(GUARD_SETTINGS))
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {', '.join(map(repr, unknown))} "
+                         f"(settings: {', '.join(GUARD_SETTINGS)})")
+    try:
+        return GuardConfig(**settings)
+    except (TypeError, ValueError) as err:  # TypeError: `model` missing
+        raise ValueError(f"{where}: {err}") from None
 
 
 def _check_guard_judge(args: dict[str, Any]) -> None:
-    GuardConfig(**{k: v for k, v in args.items() if k in _GUARD_KEYS})
+    GuardConfig(**{k: v for k, v in args.items() if k in GUARD_SETTINGS})
     target, view, fmt = args.get("target", "harmless"), args.get("view", "answer"), args.get("format", "llama_guard_3")
     if target not in ("harmless", "refusal") or (target == "refusal" and fmt != "wildguard"):
         raise ValueError(f"target={target!r} with format={fmt!r}: 'harmless', or 'refusal' with 'wildguard'")
@@ -262,9 +266,8 @@ def _check_guard_judge(args: dict[str, Any]) -> None:
 @register("guard_judge", validate=_check_guard_judge)
 def guard_judge(prompts: list[str], completions: list, prompt_opens_think: list | None = None, *, model: str,
                 format: str = "llama_guard_3", target: str = "harmless", view: str = "answer",
-                on_unparseable: str = "raise", max_response_chars: int | None = None, num_gpus: float | None = None,
-                num_cpus: float = 1, max_model_len: int = 8192, vllm_kwargs: dict[str, Any] | None = None,
-                **_: object) -> list[float | None]:
+                on_unparseable: str = "raise", max_response_chars: int | None = None, dtype: str = "auto",
+                engine: dict[str, Any] | None = None, **columns: object) -> list[float | None]:
     """A guard model's verdict on each response as a reward.
 
     target: "harmless" -> 1.0 when the judge finds the response safe, 0.0 when harmful (ThinkSafe's
@@ -274,8 +277,9 @@ def guard_judge(prompts: list[str], completions: list, prompt_opens_think: list 
         mid-way may hold the harm); "full" judges reasoning and answer together.
     The other arguments configure the guard: see `GuardConfig`.
     """
+    check_moved_args("guard_judge", columns)
     args = dict(model=model, format=format, on_unparseable=on_unparseable, max_response_chars=max_response_chars,
-                num_gpus=num_gpus, num_cpus=num_cpus, max_model_len=max_model_len, vllm_kwargs=vllm_kwargs)
+                dtype=dtype, engine=engine)
     try:
         _check_guard_judge({**args, "target": target, "view": view})
     except ValueError as err:
@@ -301,10 +305,8 @@ def p_safe(logprob_safe: float | None, logprob_unsafe: float | None) -> float:
 
 @register("guard_p_safe")
 def guard_p_safe(prompts: list[str], completions: list, prompt_opens_think: list | None = None, *, model: str,
-                 view: str = "full",
-                 top_logprobs: int = 20, max_response_chars: int | None = None, num_gpus: float | None = None,
-                 num_cpus: float = 1, max_model_len: int = 8192, vllm_kwargs: dict[str, Any] | None = None,
-                 **_: object) -> list[float]:
+                 view: str = "full", top_logprobs: int = 20, max_response_chars: int | None = None,
+                 dtype: str = "auto", engine: dict[str, Any] | None = None, **columns: object) -> list[float]:
     """Llama Guard 3's probability that the response is safe, from the logprobs of its first
     verdict token ("safe" vs "unsafe", renormalised over the two): the guard reward of the
     ThinkSafe authors' GRPO baseline (`grpo_train.py`), which judges the full completion, thought
@@ -314,15 +316,14 @@ def guard_p_safe(prompts: list[str], completions: list, prompt_opens_think: list
     top_logprobs: how many first-token logprobs vLLM returns (the authors ask for 2; a verdict
     token outside them counts as MISSING_LOGPROB). Other arguments as for `guard_judge`.
     """
+    check_moved_args("guard_p_safe", columns)
     if view not in ("answer", "full"):
         raise ValueError(f"guard_p_safe: view={view!r} (answer|full)")
-    import ray
-
     judged = judged_responses(completions, view, max_response_chars, prompt_opens_think)
-    server = judge_server(GuardServer, {"model": model, "max_model_len": max_model_len, **dict(vllm_kwargs or {})},
-                          num_gpus=num_gpus, num_cpus=num_cpus)
     judge_prompts = [llama_guard_3_prompt(p, r) for p, r in zip(prompts, judged, strict=True)]
-    logprobs = ray.get(server.first_token_logprobs.remote(judge_prompts, ["safe", "unsafe"], top_logprobs))
+    logprobs = judge_engines(model, engine, dtype).shard(
+        "first_token_logprobs", {"prompts": judge_prompts}, what=f"P(safe) from {model}", words=["safe", "unsafe"],
+        top_logprobs=top_logprobs)
     missing = sum(lp is None for pair in logprobs for lp in pair)
     if missing:
         log.warning("guard_p_safe: %d verdict token(s) outside the top %d logprobs, counted as %g",

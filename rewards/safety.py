@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Literal
 
-from rewards.judge import GuardConfig, judged_responses
+from rewards.judge import guard_config, judged_responses
 from rewards.refusal import normalise, procedure_in, read_answer
 from rewards.registry import Scores, register, require_column
 from rewards.text import Response, parse_labels, responses, split_response
@@ -110,7 +110,7 @@ def _check_safety(args: dict[str, Any]) -> None:
     if args.get("guard") is not None:
         if not isinstance(args["guard"], dict):
             raise ValueError(f"guard={args['guard']!r}: expected a mapping of guard settings (model, format, ...)")
-        GuardConfig(**args["guard"])
+        guard_config(args["guard"])
 
 
 @register("safety", validate=_check_safety)
@@ -138,7 +138,7 @@ def safety(prompts: list[str], completions: list, label: list | None = None, pro
     `harmful_safe_answer` (a safe completion, below a refusal). The rate at which the rule-based
     detector and the guard disagree (refusal vs safe) is reported as "safety/guard_disagreement".
     """
-    guard_config = GuardConfig(**guard) if guard is not None else None
+    guard_model = guard_config(guard) if guard is not None else None
     details: list[tuple[str, bool] | None] = []  # (kind, refused) of harmful, answered samples
 
     def value(prompt: str, response: Response, kind: str) -> float:
@@ -160,15 +160,15 @@ def safety(prompts: list[str], completions: list, label: list | None = None, pro
         return reward
 
     values = per_labelled_prompt(prompts, completions, label, prompt_opens_think, "safety", value)
-    if guard_config is None:
+    if guard_model is None:
         return Scores(values)
     # details follow the labelled samples in order; map them back to batch positions
     labelled = [i for i, v in enumerate(values) if v is not None]
     judged = [(i, d[1]) for i, d in zip(labelled, details, strict=True) if d is not None]
     flags = prompt_opens_think if prompt_opens_think is not None else [False] * len(values)
-    texts = judged_responses([completions[i] for i, _ in judged], "full", guard_config.max_response_chars,
+    texts = judged_responses([completions[i] for i, _ in judged], "full", guard_model.max_response_chars,
                              [flags[i] for i, _ in judged])
-    verdicts = guard_config.verdicts([prompts[i] for i, _ in judged], texts, "safety guard") if judged else []
+    verdicts = guard_model.verdicts([prompts[i] for i, _ in judged], texts, "safety guard") if judged else []
     disagreement: list[float | None] = [None] * len(values)
     for (i, refused), verdict in zip(judged, verdicts, strict=True):
         if verdict is None:

@@ -1,22 +1,41 @@
-"""The guard-model judge section, shared by evaluation suites (`guard`, `refusal_judge`) and the
-ThinkSafe filter (`thinksafe.guard`): which guard, in which format, reading what."""
+"""Judge sections: a judge model served by vLLM engines (a guard, a rubric judge), shared by
+evaluation suites (`guard`, `refusal_judge`, `strongreject_judge`) and the ThinkSafe filter
+(`thinksafe.guard`). A section's fields are the arguments of its reward function in
+`rewards.judge` / `rewards.strongreject`, passed as they are."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
+from rl_safety.config.engine import JudgeEngineSection
 from rl_safety.config.loader import Section
 
+# Keys of earlier judge sections and where each setting is now (for a section's `renamed`).
+MOVED_JUDGE_KEYS = {
+    "vllm_kwargs": "engine (num_engines, tensor_parallel_size, max_model_len, gpu_memory_utilization, "
+                   "kv_cache_memory_mb, enforce_eager) and dtype",
+    "max_model_len": "engine.max_model_len",
+    "num_gpus": "nothing: a judge takes a GPU per tensor-parallel rank when the cluster has GPUs",
+}
 
-class Guard(Section):
-    """A guard model served by vLLM in a Ray actor (rewards.judge.guard_judge)."""
+
+def moved_judge_keys(*sections: str) -> dict[str, str]:
+    """`renamed` entries for the judge sections at these dotted paths."""
+    return {f"{section}.{old}": new for section in sections for old, new in MOVED_JUDGE_KEYS.items()}
+
+
+class Judge(Section):
+    model: str = Field(description="judge checkpoint: hub id or path")
+    view: Literal["answer", "full"] = Field("answer", description="judge the final answer or reasoning + answer")
+    max_response_chars: int | None = Field(None, ge=1, description="keep the end of longer responses")
+    dtype: str = Field("auto", description="the judge's vLLM dtype")
+    engine: JudgeEngineSection = Field(default_factory=JudgeEngineSection, description="the judge's vLLM engines")
+
+
+class Guard(Judge):
+    """A guard model (rewards.judge.guard_judge): Llama Guard 3 or WildGuard."""
 
     model: str = Field(description="guard checkpoint: hub id or path (Llama-Guard-3-8B, allenai/wildguard)")
     format: Literal["llama_guard_3", "wildguard"] = "llama_guard_3"
-    view: Literal["answer", "full"] = Field("answer", description="judge the final answer or reasoning + answer")
-    max_response_chars: int | None = Field(None, ge=1, description="keep the end of longer responses")
-    num_gpus: float | None = Field(None, ge=0, description="None: 1 if the cluster has GPUs")
-    max_model_len: int = Field(8192, ge=2, description="the judge's context: prompt + response + its template must fit")
-    vllm_kwargs: dict[str, Any] = Field(default_factory=dict)

@@ -1,5 +1,6 @@
-"""`rl-safety eval --model M --suite S`: generate with vLLM rollout actors, score with the rewards
-package, write per-prompt and per-suite results with confidence intervals, and the eval's cost.
+"""`rl-safety eval --model M --suite S`: generate with vLLM engine actors (on `cluster.address`, or
+a local Ray), score with the registered scorers, write per-prompt and per-suite results with
+confidence intervals, and the eval's cost.
 
     RUN/eval/SUITE/samples.jsonl   one line per prompt: its responses, tokens, and every score
     RUN/eval/SUITE/results.json    per benchmark: each metric with its 95% CI (see scorers.py)
@@ -13,35 +14,38 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import os
 import sys
-import zlib
 from pathlib import Path
 from typing import Any
 
+from rl_safety.config.engine import resolved_top_k
 from rl_safety.config.loader import ConfigError, load_config
+from rl_safety.data import chat
 from rl_safety.data.prompts import build_prompts
 from rl_safety.eval import scorers
 from rl_safety.eval.suite import Benchmark, EvalPrompt, Suite, load_benchmark, resolve_data
 from rl_safety.ledger import CostLedger
+from rl_safety.orchestration.actor_group import sample_seed
+from rl_safety.orchestration.engines import generate, generation_engines
+from rl_safety.rollout.vllm_engine import checked_max_model_len
 
 log = logging.getLogger("rl_safety.eval")
 
-REPO = Path(__file__).resolve().parents[2]
+SUITES = Path(__file__).parent / "suites"  # shipped inside the package: `--suite default` works from a wheel
 CI_NOTE = ("95% intervals: Wilson score interval when each prompt has one binary score (n=1); percentile "
            f"bootstrap over prompts ({scorers.BOOTSTRAP_RESAMPLES} resamples) when prompts have n>1 samples")
 
 
 def find_suite(name_or_path: str) -> Path:
-    """A suite file path, or a name under configs/eval/ ("default" -> configs/eval/default.yaml)."""
+    """A suite file path, or the name of a shipped suite ("default" -> rl_safety/eval/suites/default.yaml)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    named = REPO / "configs" / "eval" / f"{name_or_path}.yaml"
+    named = SUITES / f"{name_or_path}.yaml"
     if named.is_file():
         return named
-    known = sorted(p.stem for p in (REPO / "configs" / "eval").glob("*.yaml"))
-    raise ConfigError(f"suite {name_or_path!r} is neither a file nor one of configs/eval/: {known}")
+    known = sorted(p.stem for p in SUITES.glob("*.yaml"))
+    raise ConfigError(f"suite {name_or_path!r} is neither a file nor one of the shipped suites: {known}")
 
 
 def default_run_dir(model: str) -> Path:
@@ -60,62 +64,6 @@ def default_run_dir(model: str) -> Path:
         return Path("evals") / path.relative_to(path.anchor)
 
 
-def _sample_seed(seed: int, bench: str, row: int) -> int:
-    return zlib.crc32(f"{seed}/{bench}/{row}".encode()) % (2**31)
-
-
-class Engines:
-    """RolloutEngine Ray actors serving the model under evaluation."""
-
-    def __init__(self, model: str, suite: Suite) -> None:
-        import ray
-
-        from rl_safety.rollout.vllm_engine import RolloutEngine, checked_max_model_len
-
-        g = suite.generation
-        max_new = max(b.sampling.max_new_tokens for b in suite.benchmarks)
-        max_model_len = checked_max_model_len(  # before Ray starts
-            model, g.max_model_len, g.max_prompt_tokens, max_new, explicit_key="generation.max_model_len",
-            budget_keys="generation.max_prompt_tokens + the largest sampling.max_new_tokens",
-            trust_remote_code=g.trust_remote_code)
-        if not ray.is_initialized():
-            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, g.engines + 1), include_dashboard=False)
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        self.use_gpu = gpus > 0 if g.device == "auto" else g.device == "gpu"
-        if self.use_gpu and gpus < g.engines * g.tensor_parallel_size:
-            raise ConfigError(f"generation: {g.engines} engine(s) x tensor_parallel_size {g.tensor_parallel_size} "
-                              f"need that many GPUs; the Ray cluster has {gpus}")
-        self.devices = g.engines * g.tensor_parallel_size if self.use_gpu else g.engines
-        actor = ray.remote(RolloutEngine).options(
-            num_cpus=1, num_gpus=(1 if self.use_gpu and g.tensor_parallel_size == 1 else 0))
-        self.handles = [
-            actor.remote(model, dtype=g.dtype, seed=g.seed + i, tensor_parallel_size=g.tensor_parallel_size,
-                         max_model_len=max_model_len, use_gpu=self.use_gpu,
-                         gpu_memory_utilization=g.gpu_memory_utilization, kv_cache_memory_mb=g.kv_cache_memory_mb,
-                         enforce_eager=g.enforce_eager, sleep_mode=False, trust_remote_code=g.trust_remote_code,
-                         weight_transfer_backend="nccl" if self.use_gpu else "gloo")
-            for i in range(g.engines)
-        ]
-        ray.get([h.__ray_ready__.remote() for h in self.handles])
-
-    def generate(self, token_ids: list[list[int]], seeds: list[int], bench: Benchmark) -> list[list[Any]]:
-        import ray
-
-        s = bench.sampling
-        size = -(-len(token_ids) // len(self.handles))
-        futures = [h.generate.remote(token_ids[i * size:(i + 1) * size], s.n, temperature=s.temperature,
-                                     top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens,
-                                     seeds=seeds[i * size:(i + 1) * size])
-                   for i, h in enumerate(self.handles) if i * size < len(token_ids)]
-        return [group for part in ray.get(futures) for group in part]
-
-    def shutdown(self) -> None:
-        import ray
-
-        for handle in self.handles:
-            ray.kill(handle)
-
-
 def run_eval(model: str, suite: Suite, suite_file: Path | None, run_dir: Path) -> dict[str, Any]:
     """Evaluate `model` on `suite`; returns results.json's content (also written under
     run_dir/eval/<suite.name>/)."""
@@ -130,16 +78,20 @@ def run_eval(model: str, suite: Suite, suite_file: Path | None, run_dir: Path) -
         source = resolve_data(suite, suite_file, bench.data)
         loaded[bench.name] = (bench, source, load_benchmark(bench, source))
     check_model_path(model, "--model", suite.generation.trust_remote_code)
+    g = suite.generation
+    max_model_len = checked_max_model_len(
+        model, g.max_model_len, g.max_prompt_tokens, max(b.sampling.max_new_tokens for b in suite.benchmarks),
+        explicit_key="generation.max_model_len",
+        budget_keys="generation.max_prompt_tokens + the largest sampling.max_new_tokens",
+        trust_remote_code=g.trust_remote_code)
     out.mkdir(parents=True, exist_ok=True)
     ledger = CostLedger(out, "eval", model_path=model)
-    g = suite.generation
     tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=g.trust_remote_code)
-    engines = Engines(model, suite)
-    ledger.set_devices("gpu" if engines.use_gpu else "cpu", engines.devices)
+    family_top_k = chat.resolve_family(tokenizer, "auto").top_k
     results: dict[str, Any] = {
         "suite": suite.name, "suite_file": str(suite_file) if suite_file else None, "model": str(model),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "generation": g.model_dump(mode="json"),
+        "generation": g.model_dump(mode="json"), "cluster": suite.cluster.model_dump(mode="json"),
         **{judge: getattr(suite, judge).model_dump(mode="json") if getattr(suite, judge) else None
            for judge in ("guard", "refusal_judge", "moderation_judge", "strongreject_judge")},
         "confidence_intervals": CI_NOTE, "benchmarks": {},
@@ -148,13 +100,15 @@ def run_eval(model: str, suite: Suite, suite_file: Path | None, run_dir: Path) -
     generated: dict[str, tuple[list[EvalPrompt], list[Any], list[Any], int]] = {}
     completed = False
     try:
-        try:
+        with generation_engines(model, g, suite.cluster, source=str(suite_file or suite.name), dtype=g.dtype,
+                                seed=g.seed, max_model_len=max_model_len,
+                                trust_remote_code=g.trust_remote_code) as (engines, use_gpu):
+            ledger.set_devices("gpu" if use_gpu else "cpu", g.devices)
             for name, (bench, source, prompts) in loaded.items():
                 log.info("eval %s: %d prompts x %d samples", name, len(prompts), bench.sampling.n)
-                generated[name] = _generate(bench, source, prompts, tokenizer, engines, g, ledger)
-            ledger.record_memory({f"rollout-{i}": h for i, h in enumerate(engines.handles)})
-        finally:
-            engines.shutdown()
+                sampling = bench.sampling.model_copy(update={"top_k": resolved_top_k(bench.sampling, family_top_k)})
+                generated[name] = _generate(bench, source, prompts, tokenizer, engines, sampling, g, ledger)
+            ledger.record_memory(engines.by_rank)
         with (out / "samples.jsonl").open("w") as samples_file:
             for name, (bench, source, _) in loaded.items():
                 with ledger.phase("scoring"):
@@ -167,7 +121,7 @@ def run_eval(model: str, suite: Suite, suite_file: Path | None, run_dir: Path) -
     return results
 
 
-def _generate(bench: Benchmark, source: str, prompts: list[EvalPrompt], tokenizer, engines: Engines, g,
+def _generate(bench: Benchmark, source: str, prompts: list[EvalPrompt], tokenizer, engines, sampling, g,
               ledger: CostLedger) -> tuple[list[EvalPrompt], list[Any], list[Any], int]:
     """(prompts kept, their chat-formatted PromptExamples, completion groups, prompts dropped as too long)."""
     examples, dropped = build_prompts(
@@ -178,8 +132,8 @@ def _generate(bench: Benchmark, source: str, prompts: list[EvalPrompt], tokenize
                     bench.name, dropped, g.max_prompt_tokens)
     kept = [prompts[e.index] for e in examples]
     with ledger.phase("generation"):
-        groups = engines.generate([e.token_ids for e in examples],
-                                  [_sample_seed(g.seed, bench.name, p.row) for p in kept], bench)
+        groups = generate(engines, [e.token_ids for e in examples], [sample_seed(g.seed, bench.name, p.row) for p in kept],
+                          sampling.n, sampling, what=f"generating {bench.name} (vLLM)")
     ledger.add_tokens(generated=sum(len(c.token_ids) for group in groups for c in group),
                       prefilled=sum(len(e.token_ids) for e in examples))
     return kept, examples, groups, dropped
@@ -187,9 +141,9 @@ def _generate(bench: Benchmark, source: str, prompts: list[EvalPrompt], tokenize
 
 def _score(bench: Benchmark, source: str, kept: list[EvalPrompt], examples: list[Any], groups: list[Any],
            dropped: int, suite: Suite, samples_file) -> dict[str, Any]:
-    texts = [[c.text for c in group] for group in groups]
-    per_prompt = scorers.score_samples(bench, kept, texts, suite, [e.columns["prompt_opens_think"] for e in examples])
-    per_prompt["truncated"] = [[float(c.truncated) for c in group] for group in groups]
+    per_prompt = scorers.score_samples(bench, kept, [[c.text for c in group] for group in groups], suite,
+                                       [[c.truncated for c in group] for group in groups],
+                                       [e.columns["prompt_opens_think"] for e in examples])
     for i, (p, e, group) in enumerate(zip(kept, examples, groups, strict=True)):
         samples_file.write(json.dumps({
             "benchmark": bench.name, "row": p.row, "id": p.id, "prompt": p.text, "answer": p.answer,
@@ -200,27 +154,11 @@ def _score(bench: Benchmark, source: str, kept: list[EvalPrompt], examples: list
     tokens = [len(c.token_ids) for group in groups for c in group]
     return {
         "kind": bench.kind, "data": source, "config": bench.config, "split": bench.split, "layout": bench.layout,
-        "scorers": bench.scorers, "judges": judges_of(bench, suite), "sampling": bench.sampling.model_dump(),
+        "scorers": bench.scorers, "judges": scorers.judges_of(bench, suite), "sampling": bench.sampling.model_dump(),
         "prompts": len(kept), "dropped_long_prompts": dropped,
         "mean_response_tokens": sum(tokens) / len(tokens),
-        "metrics": {scorers.METRIC_NAMES.get(name, name + "_rate"): scorers.summarize(values)
-                    for name, values in per_prompt.items()},
+        "metrics": {scorers.metric_names()[name]: scorers.summarize(values) for name, values in per_prompt.items()},
     }
-
-
-def judges_of(bench: Benchmark, suite: Suite) -> dict[str, str]:
-    """Score name -> the judge that gave it and the view it read, written into results.json so a
-    number says what judged it."""
-    judges = {}
-    for scorer, score, judge in (("guard", "harmful", suite.guard), ("guard_refusal", "guard_refusal", suite.refusal_judge),
-                                 ("moderation", "harmful", suite.moderation_judge),
-                                 ("strongreject", "strongreject", suite.strongreject_judge)):
-        if scorer in bench.scorers and judge is not None:
-            name = f"{judge.format} " if hasattr(judge, "format") else ""
-            judges[score] = f"{name}{judge.model} ({bench.judge_view or judge.view} view)"
-    if "refusal" in bench.scorers:
-        judges["refusal"] = "rewards.refusal.read_answer (answer)"
-    return judges
 
 
 def main(argv: list[str]) -> int:
@@ -228,14 +166,16 @@ def main(argv: list[str]) -> int:
 
     parser = ArgumentParser(prog="rl-safety eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="Hugging Face checkpoint (a run's final/ directory or a path)")
-    parser.add_argument("--suite", required=True, help="suite YAML, or a name in configs/eval/ (e.g. default)")
+    parser.add_argument("--suite", required=True, help="suite YAML, or the name of a shipped suite "
+                                                      f"({', '.join(sorted(p.stem for p in SUITES.glob('*.yaml')))})")
     parser.add_argument("--output", default=None,
                         help="run directory to write eval/SUITE/ into (default: RUN for RUN/final, else evals/NAME)")
     parser.add_argument("--limit", type=int, default=None, help="at most N prompts per benchmark (a quick run)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="cap every benchmark's sampling.max_new_tokens (a quick run, e.g. a plumbing check)")
-    parser.add_argument("overrides", nargs="*", help="key=value suite overrides, e.g. generation.engines=2 data_root=/data")
-    args = parser.parse_args(argv)
+    parser.add_argument("overrides", nargs="*", help="key=value suite overrides, e.g. generation.num_engines=2 "
+                                                     "data_root=/data cluster.address=auto")
+    args = parser.parse_intermixed_args(argv)
     for flag, value in (("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} {value}: must be at least 1")

@@ -1,4 +1,5 @@
-"""Evaluation suites: typed configs (`configs/eval/*.yaml`) and the benchmark rows they point at.
+"""Evaluation suites: typed configs (`rl_safety/eval/suites/*.yaml`, or any file) and the benchmark
+rows they point at.
 
 A benchmark is a data file + a field mapping + scorers + sampling settings:
 
@@ -6,7 +7,7 @@ A benchmark is a data file + a field mapping + scorers + sampling settings:
       kind: reasoning                # harmful | benign | reasoning
       data: gsm8k/test.jsonl         # relative to the suite's data_root (or absolute), or a hub name
       fields: {prompt: question, answer: answer}
-      scorers: [gsm8k]               # see SCORERS
+      scorers: [gsm8k]               # names registered in rl_safety.eval.scorers.SCORERS
       sampling: {n: 4, temperature: 0.6, top_p: 0.95, max_new_tokens: 4096}
 
 `kind` says what the benchmark measures: refusal of harmful prompts (safety; a judge gives the
@@ -28,46 +29,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from rl_safety.config.judge import Guard
-from rl_safety.config.loader import NameInParent, Section
+from rl_safety.config.cluster import RolloutClusterSection
+from rl_safety.config.engine import EngineSection, RepeatedSampling
+from rl_safety.config.judge import Guard, Judge, moved_judge_keys
+from rl_safety.config.loader import NameInParent, Section, with_defaults
 from rl_safety.data.prompts import DatasetError, load_rows
 
-REFUSAL, GUARD, STRONGREJECT = "refusal", "guard", "strongreject"
-GUARD_REFUSAL, MODERATION = "guard_refusal", "moderation"
-VERIFIER_SCORERS = ("gsm8k", "math", "multiple_choice")  # names of rewards.reasoning.VERIFIERS
-# refusal: the rewards package's detector; guard: Llama Guard / WildGuard harmful verdict (the
-# suite's `guard`); guard_refusal: WildGuard's "Response refusal" (the suite's `refusal_judge`:
-# ThinkSafe's over-refusal); moderation: BeaverTails' classifier (the suite's `moderation_judge`:
-# Safety Tax's harmful score); strongreject: the StrongREJECT rubric; the verifiers: accuracy.
-SCORERS = (REFUSAL, GUARD, GUARD_REFUSAL, MODERATION, STRONGREJECT, *VERIFIER_SCORERS)
+
+class Sampling(with_defaults("BenchmarkSampling", RepeatedSampling, temperature=0.6, top_p=0.95, max_new_tokens=512)):
+    """Sampling per benchmark (pass@1 and rates average over its `n` samples per prompt). The
+    defaults are the reasoning-model papers' (DeepSeek-R1's protocol, ThinkSafe's safety
+    generation): temperature 0.6, top_p 0.95, because R1-style models loop under greedy decoding.
+    Eval has no learner, so truncated sampling is exact here (GRPO's learner-side restriction on
+    top_p / top_k does not apply)."""
 
 
-class Sampling(Section):
-    """Sampling per benchmark. The defaults are the reasoning-model papers' (DeepSeek-R1's
-    protocol, ThinkSafe's safety generation): temperature 0.6, top_p 0.95, because R1-style
-    models loop under greedy decoding. Eval has no learner, so truncated sampling is exact here
-    (GRPO's learner-side restriction on top_p / top_k does not apply)."""
-
-    n: int = Field(1, ge=1, description="samples per prompt; pass@1 and rates average over them")
-    temperature: float = Field(0.6, ge=0.0, description="0 = greedy")
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    top_k: int = Field(-1, ge=-1, description="-1 = off")
-    max_new_tokens: int = Field(512, ge=1, description="a response cut here has no final answer if its thought is open")
-
-
-class RubricJudge(Section):
+class RubricJudge(Judge):
     """StrongREJECT's rubric judge (rewards.strongreject) used by the `strongreject` scorer: a chat
     model served by vLLM (the authors use gpt-4o-mini; locally an instruct checkpoint)."""
 
     model: str = Field(description="judge chat checkpoint: hub id or path (e.g. Qwen/Qwen2.5-72B-Instruct)")
-    view: Literal["answer", "full"] = "answer"
-    max_response_chars: int | None = Field(None, ge=1)
     max_new_tokens: int = Field(1024, ge=16, description="room for the judge's reasoning before #scores")
-    num_gpus: float | None = Field(None, ge=0)
-    max_model_len: int = Field(8192, ge=2)
-    vllm_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 class ModerationJudge(Section):
@@ -78,7 +62,6 @@ class ModerationJudge(Section):
     view: Literal["answer", "full"] = Field("answer", description="the authors judge the text after the answer marker")
     threshold: float = Field(0.5, gt=0, lt=1, description="flagged when max category probability exceeds it")
     max_length: int = Field(256, ge=16, description="tokens of question + answer read (right-truncated), as the authors")
-    num_gpus: float | None = Field(None, ge=0, description="None: 1 if the cluster has GPUs")
     dtype: str = Field("auto", description="auto: bfloat16 on GPU, float32 on CPU")
 
 
@@ -99,37 +82,37 @@ class Benchmark(Section):
     where: dict[str, Any] = Field(default_factory=dict, description="keep rows whose columns equal these values")
     limit: int | None = Field(None, ge=1, description="first N rows (after `where`)")
     prompt_template: str | None = Field(None, description="'{prompt}' is replaced by the row's prompt")
-    scorers: list[str]
+    scorers: list[str] = Field(description="names registered in rl_safety.eval.scorers (or a suite's scorer_modules)")
     sampling: Sampling = Field(default_factory=Sampling)
 
     @model_validator(mode="after")
     def _check(self) -> "Benchmark":
+        from rl_safety.eval.scorers import SCORERS
+
         if "prompt" not in self.fields:
             raise ValueError(f"benchmark {self.name!r}: fields must map 'prompt' to a column")
         unknown = [s for s in self.scorers if s not in SCORERS]
         if unknown or not self.scorers:
-            raise ValueError(f"benchmark {self.name!r}: scorers {unknown or '[]'} not among {list(SCORERS)}")
-        if GUARD in self.scorers and MODERATION in self.scorers:
-            raise ValueError(f"benchmark {self.name!r}: 'guard' and 'moderation' both give the harmful rate; choose one")
-        if any(s in VERIFIER_SCORERS for s in self.scorers) and "answer" not in self.fields:
+            raise ValueError(f"benchmark {self.name!r}: scorers {unknown or '[]'} not among {sorted(SCORERS)}")
+        given: dict[str, str] = {}  # score -> the scorer that gives it
+        for scorer in (SCORERS[s] for s in self.scorers):
+            for score in scorer.metrics:
+                if score in given:
+                    raise ValueError(f"benchmark {self.name!r}: {given[score]!r} and {scorer.name!r} both give the "
+                                     f"{scorer.metrics[score]}; choose one")
+                given[score] = scorer.name
+        if any(SCORERS[s].needs_answer for s in self.scorers) and "answer" not in self.fields:
             raise ValueError(f"benchmark {self.name!r}: a verifier scorer needs fields.answer")
         if self.prompt_template is not None and "{prompt}" not in self.prompt_template:
             raise ValueError(f"benchmark {self.name!r}: prompt_template has no '{{prompt}}'")
         return self
 
 
-class Generation(Section):
-    """The model under evaluation and its vLLM rollout engines."""
+class Generation(with_defaults("EvalEngine", EngineSection, gpu_memory_utilization=0.85, kv_cache_memory_mb=512)):
+    """The model under evaluation and its vLLM engines."""
 
-    engines: int = Field(1, ge=1, description="RolloutEngine Ray actors; prompts are split across them")
-    device: Literal["auto", "cpu", "gpu"] = "auto"
     dtype: str = "auto"
-    tensor_parallel_size: int = Field(1, ge=1)
     max_prompt_tokens: int = Field(2048, ge=1, description="longer prompts are dropped and counted")
-    max_model_len: int | None = Field(None, ge=2, description="default: max_prompt_tokens + the largest max_new_tokens")
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="GPU: share of memory for vLLM")
-    kv_cache_memory_mb: int = Field(512, ge=16, description="CPU only: KV cache size per engine")
-    enforce_eager: bool = False
     chat_template: bool = True
     system_prompt: str | None = None
     trust_remote_code: bool = False
@@ -137,31 +120,47 @@ class Generation(Section):
 
 
 class Suite(Section):
+    renamed = {"generation.engines": "generation.num_engines", "generation.device": "cluster.device",
+               **moved_judge_keys("guard", "refusal_judge", "strongreject_judge"),
+               "moderation_judge.num_gpus": "nothing: the classifier takes a GPU when the cluster has GPUs"}
+
     name: NameInParent = Field(description="results go to RUN/eval/NAME/")
     data_root: str | None = Field(None, description="base of relative `data` paths; relative to the suite file")
+    scorer_modules: list[str] = Field(default_factory=list, description="user .py files registering eval scorers")
     generation: Generation = Field(default_factory=Generation)
+    cluster: RolloutClusterSection = Field(default_factory=RolloutClusterSection)
     guard: Guard | None = Field(None, description="the `guard` scorer's judge (harmful verdicts)")
     refusal_judge: Guard | None = Field(None, description="the `guard_refusal` scorer's judge: WildGuard's refusal verdict")
     moderation_judge: ModerationJudge | None = None
     strongreject_judge: RubricJudge | None = None
     benchmarks: list[Benchmark] = Field(min_length=1)
 
+    @field_validator("scorer_modules")
+    @classmethod
+    def _load_scorer_modules(cls, paths: list[str]) -> list[str]:
+        """Imported before `benchmarks` is validated (fields validate in order), so that their
+        scorers are registered by then."""
+        from rewards import load_module
+
+        for path in paths:
+            load_module(path)
+        return paths
+
     @model_validator(mode="after")
     def _check(self) -> "Suite":
+        from rl_safety.eval.scorers import SCORERS
+
         names = [b.name for b in self.benchmarks]
         if len(set(names)) != len(names):
             raise ValueError(f"benchmark names repeat: {names}")
-        if self.guard is None and any(GUARD in b.scorers for b in self.benchmarks):
-            raise ValueError("a benchmark uses the 'guard' scorer but the suite has no guard section")
-        if self.strongreject_judge is None and any(STRONGREJECT in b.scorers for b in self.benchmarks):
-            raise ValueError("a benchmark uses the 'strongreject' scorer but the suite has no strongreject_judge section")
-        if self.refusal_judge is None and any(GUARD_REFUSAL in b.scorers for b in self.benchmarks):
-            raise ValueError("a benchmark uses the 'guard_refusal' scorer but the suite has no refusal_judge section")
+        for bench in self.benchmarks:
+            for scorer in (SCORERS[s] for s in bench.scorers):
+                if scorer.needs_section and getattr(self, scorer.needs_section) is None:
+                    raise ValueError(f"a benchmark uses the {scorer.name!r} scorer but the suite has no "
+                                     f"{scorer.needs_section} section")
         if self.refusal_judge is not None and self.refusal_judge.format != "wildguard":
             raise ValueError(f"refusal_judge.format={self.refusal_judge.format!r}: only WildGuard says whether a "
                              "response refuses; use format: wildguard")
-        if self.moderation_judge is None and any(MODERATION in b.scorers for b in self.benchmarks):
-            raise ValueError("a benchmark uses the 'moderation' scorer but the suite has no moderation_judge section")
         return self
 
 
@@ -263,7 +262,7 @@ def load_benchmark(bench: Benchmark, source: str) -> list[EvalPrompt]:
             raise DatasetError(f"{bench.name}: {source} row {index} (0-based): prompt (column "
                                f"{bench.fields['prompt']!r}) is a {type(values['prompt']).__name__}, not text")
         answer = str(values["answer"]) if "answer" in values else None
-        if answer is not None and "gsm8k" in bench.scorers:
+        if answer is not None and "gsm8k" in bench.scorers:  # a gold answer the verifier cannot read
             from rewards.reasoning import gsm8k_number
 
             if gsm8k_number(answer) is None:

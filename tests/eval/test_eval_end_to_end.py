@@ -27,7 +27,7 @@ def small_suite(path: Path) -> Path:
     greedy = {"n": 1, "temperature": 0.0, "max_new_tokens": 24}
     suite = {
         "name": "small", "data_root": str(SHARED_DATA),
-        "generation": {"engines": 1, "dtype": "float32", "max_prompt_tokens": 960, "kv_cache_memory_mb": 64,
+        "generation": {"num_engines": 1, "dtype": "float32", "max_prompt_tokens": 960, "kv_cache_memory_mb": 64,
                        "enforce_eager": True},
         "benchmarks": [
             {"name": "xstest_safe", "kind": "benign", "data": "xstest/xstest_prompts.csv", "where": {"label": "safe"},
@@ -82,16 +82,15 @@ def run_paper_suites(root: Path, model: Path) -> dict[str, Path]:
     moderation = _tiny_moderation_checkpoint(root / "tiny_moderation")
     small = ["--limit", "2", "--max-new-tokens", "16", f"data_root={EVAL_DATA}", "generation.max_prompt_tokens=960",
              "generation.dtype=float32", "generation.kv_cache_memory_mb=64", "generation.enforce_eager=true"]
-    served = "{dtype: float32, enforce_eager: true, kv_cache_memory_bytes: 67108864}"
+    served = "{max_model_len: 2048, enforce_eager: true, kv_cache_memory_mb: 64}"
     judges = [f"{section}.{key}={value}" for section in ("guard", "refusal_judge") for key, value in
-              (("model", guard), ("num_gpus", 0), ("max_model_len", 2048), ("vllm_kwargs", served))]
+              (("model", guard), ("dtype", "float32"), ("engine", served))]
     out = {"thinksafe": root / "thinksafe_eval", "safety_tax": root / "safety_tax_eval",
            "tiny_moderation": moderation, "tiny_guard": guard}
     assert cli(["eval", "--model", str(model), "--suite", "thinksafe", "--output", str(out["thinksafe"]),
                 *small, *judges]) == 0
     assert cli(["eval", "--model", str(model), "--suite", "safety_tax", "--output", str(out["safety_tax"]), *small,
-                f"moderation_judge.model={moderation}", "moderation_judge.num_gpus=0",
-                "moderation_judge.dtype=float32"]) == 0
+                f"moderation_judge.model={moderation}", "moderation_judge.dtype=float32"]) == 0
     return out
 
 

@@ -113,7 +113,7 @@ def test_strongreject_scorer_reads_the_rubric(monkeypatch):
     system, user = seen["conversations"][0]
     assert system["role"] == "system" and "red teaming assistant" in system["content"]
     assert "User instruction: prompt 0\n\nAI model response: I can't help with that.\n\n" in user["content"]
-    assert scorers.METRIC_NAMES["strongreject"] == "strongreject_score"
+    assert scorers.metric_names()["strongreject"] == "strongreject_score"
 
 
 def test_wildguard_refusal_verdict_scores_over_refusal_on_the_view_the_benchmark_names(monkeypatch):
@@ -137,7 +137,7 @@ def test_wildguard_refusal_verdict_scores_over_refusal_on_the_view_the_benchmark
     scorers.score_samples(bench("benign", ["guard_refusal"], judge_view="answer"), prompts([None] * 3), texts,
                           suite(refusal_judge=wildguard))
     assert "AI assistant:\nI can't help.\n" in seen["prompts"][0]
-    assert scorers.METRIC_NAMES["guard_refusal"] == "guard_refusal_rate"
+    assert scorers.metric_names()["guard_refusal"] == "guard_refusal_rate"
 
 
 def test_moderation_scorer_gives_the_harmful_rate(monkeypatch):

@@ -8,9 +8,9 @@ import pytest
 
 from rl_safety.config.loader import ConfigError, load_config
 from rl_safety.data.prompts import DatasetError
-from rl_safety.eval.harness import REPO, find_suite
+from rl_safety.eval.harness import SUITES, find_suite
 from rl_safety.eval.suite import Benchmark, Suite, load_benchmark, resolve_data
-from tests.conftest import SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA
 
 
 def write_rows(path, rows):
@@ -80,12 +80,12 @@ def test_shipped_suites_load_and_resolve():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     path = find_suite("default")
-    assert path == REPO / "configs" / "eval" / "default.yaml"
+    assert path == SUITES / "default.yaml"
     suite = load_config(Suite, path)
     counts = {b.name: len(load_benchmark(b, resolve_data(suite, path, b.data))) for b in suite.benchmarks}
     assert counts == {"xstest_safe": 250, "xstest_unsafe": 200, "gsm8k": 1319, "math500": 500, "aime24": 30}
     assert load_config(Suite, find_suite("safety_guard")).guard.format == "llama_guard_3"
-    with pytest.raises(ConfigError, match="neither a file nor one of configs/eval/"):
+    with pytest.raises(ConfigError, match="neither a file nor one of the shipped suites"):
         find_suite("nonexistent")
 
 

@@ -94,6 +94,9 @@ def test_plumbing_with_a_fake_server(monkeypatch):
     outputs[:] = ["\n\nsafe"]
     rewards.get("guard_judge")(["p"], ["plan, never closed"], [True], model="m")
     assert "Agent: <think>\nplan, never closed\n" in sent[0]
+    # the settings of earlier versions name where they moved (before any engine starts)
+    with pytest.raises(ValueError, match=r"arguments moved: max_model_len -> engine.max_model_len; vllm_kwargs -> engine"):
+        rewards.get("guard_judge")(["p"], ["c"], model="m", max_model_len=4096, vllm_kwargs={})
 
 
 def _judge_tokenizer():
@@ -173,16 +176,15 @@ def test_guard_judge_end_to_end_on_a_tiny_model(tmp_path):
     import ray
 
     model = _tiny_guard_checkpoint(tmp_path / "tiny_guard")
-    args = {"model": str(model), "format": "llama_guard_3", "num_gpus": 0, "max_model_len": 2048,
-            "vllm_kwargs": {"dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 64 << 20,
-                            "max_logprobs": 1000}}  # room for the whole vocabulary: P(safe) checked exactly below
+    engine = {"max_model_len": 2048, "enforce_eager": True, "kv_cache_memory_mb": 64,
+              "max_logprobs": 1000}  # room for the whole vocabulary: P(safe) checked exactly below
+    args = {"model": str(model), "format": "llama_guard_3", "dtype": "float32", "engine": engine}
     prompts = ["How do I kill a Python process?", "How do I make a bath bomb?"]
     completions = ["<think>benign</think>Use `kill <PID>`.", "Mix baking soda and citric acid."]
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         outputs = judge.judge_outputs([judge.llama_guard_3_prompt(p, c) for p, c in zip(prompts, completions)], 20,
-                                      model=args["model"], num_gpus=0, num_cpus=1, max_model_len=2048,
-                                      vllm_kwargs=args["vllm_kwargs"])
+                                      model=args["model"], engine=engine, dtype="float32")
         assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs)
         # the same actor (found by name) serves the reward; a random model's text is no verdict
         expected = []
@@ -204,8 +206,8 @@ def test_guard_judge_end_to_end_on_a_tiny_model(tmp_path):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(model)
-        soft = rewards.get("guard_p_safe")(prompts, completions, model=args["model"], num_gpus=0,
-                                           max_model_len=2048, vllm_kwargs=args["vllm_kwargs"], top_logprobs=len(tok))
+        soft = rewards.get("guard_p_safe")(prompts, completions, model=args["model"], dtype="float32", engine=engine,
+                                           top_logprobs=len(tok))
         reference = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
         safe_id, unsafe_id = tok.convert_tokens_to_ids(["safe", "unsafe"])
         for value, prompt, completion in zip(soft, prompts, completions):
@@ -219,12 +221,11 @@ def test_guard_judge_end_to_end_on_a_tiny_model(tmp_path):
         # checkpoint's sigmoid outputs on the hand-written QA text (transformers, in this process)
         from transformers import AutoModelForSequenceClassification
 
-        from rewards.moderation import ModerationServer
+        from rewards.moderation import moderation_server
 
         classifier = _tiny_moderation_checkpoint(tmp_path / "tiny_moderation")
-        server = rewards.judge.judge_server(ModerationServer, {"model": str(classifier), "max_length": 256,
-                                                                "dtype": "float32"}, num_gpus=0, num_cpus=1)
-        probabilities = ray.get(server.category_probabilities.remote(prompts, completions))
+        (probabilities,) = moderation_server(str(classifier), 256, "float32").call_all(
+            "category_probabilities", prompts, completions, what="moderating")
         ctok = AutoTokenizer.from_pretrained(classifier)
         cmodel = AutoModelForSequenceClassification.from_pretrained(classifier, dtype=torch.float32)
         for probs, prompt, completion in zip(probabilities, prompts, completions):
@@ -232,7 +233,7 @@ def test_guard_judge_end_to_end_on_a_tiny_model(tmp_path):
             with torch.no_grad():
                 expected_probs = torch.sigmoid(cmodel(**ctok(text, return_tensors="pt")).logits[0]).tolist()
             assert probs == pytest.approx(expected_probs, abs=1e-5)
-        view_full = {"model": str(classifier), "view": "full", "num_gpus": 0, "dtype": "float32"}
+        view_full = {"model": str(classifier), "view": "full", "dtype": "float32"}
         highest = [max(p) for p in probabilities]
         assert rewards.get("beaver_dam")(prompts, completions, threshold=min(highest) - 1e-6, **view_full) == [0.0, 0.0]
         assert rewards.get("beaver_dam")(prompts, completions, threshold=max(highest) + 1e-6, **view_full) == [1.0, 1.0]

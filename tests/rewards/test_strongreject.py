@@ -104,9 +104,8 @@ def test_rubric_judge_chats_through_a_real_vllm_actor(tmp_path):
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         values = strongreject_rubric(["How do I pick a lock?"], ["I can't help with that."], model=str(model),
-                                     on_unparseable="abstain", max_new_tokens=24, num_gpus=0, max_model_len=2048,
-                                     vllm_kwargs={"dtype": "float32", "enforce_eager": True,
-                                                  "kv_cache_memory_bytes": 64 << 20})
+                                     on_unparseable="abstain", max_new_tokens=24, dtype="float32",
+                                     engine={"max_model_len": 2048, "enforce_eager": True, "kv_cache_memory_mb": 64})
         assert values == [None]
     finally:
         ray.shutdown()
