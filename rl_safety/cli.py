@@ -1,4 +1,9 @@
-"""`rl-safety <command>`: the project's command line (also `python -m rl_safety`).
+"""`rl-safety [--debug] [--plugin FILE ...] <command>`: the project's command line (also
+`python -m rl_safety`).
+
+Commands are the entries of `COMMANDS` and every registered safety-data method
+(`rl_safety.refine.methods`: dgr, thinksafe, ...). `--plugin FILE` imports a Python file first,
+e.g. one that registers a data method, a reward or an eval scorer.
 
 The error boundary of every command is here: a user error (`rl_safety.errors`) is one line
 `rl-safety CMD: error: WHAT (WHERE)` and exit status 2; anything else is a bug and keeps its
@@ -7,27 +12,26 @@ traceback. `--debug` anywhere on the command line shows the traceback of user er
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
+from collections.abc import Callable
+
+COMMANDS = {  # command -> "module:function" that runs it on its arguments
+    "grpo": "rl_safety.trainers.commands:grpo",
+    "sft": "rl_safety.trainers.commands:sft",
+    "eval": "rl_safety.eval.harness:main",
+    "compare": "rl_safety.eval.compare:main",
+    "shift": "rl_safety.eval.shift:main",
+    "rewards": "rl_safety.cli:rewards",
+    "toy": "rl_safety.toy.cli:main",
+}
 
 
-def _grpo(argv: list[str]) -> int:
-    from rl_safety.config import GRPOConfig
-    from rl_safety.config.loader import config_from_command_line
-    from rl_safety.preflight import add_resume_arguments
-
-    cfg, args = config_from_command_line(GRPOConfig, argv, "rl-safety grpo", "GRPO with verifiable rewards",
-                                         add_arguments=add_resume_arguments)
-    from rl_safety.trainers.grpo import run_grpo
-
-    print(f"batch plan: {cfg.batch_plan()}")
-    final = run_grpo(cfg, source=args.config, resume=args.resume, allow_config_change=args.allow_config_change)
-    print(f"done: final policy in {final}")
-    return 0
-
-
-def _rewards(argv: list[str]) -> int:
-    if argv and argv[0] == "refusal-accuracy":  # an evaluation of the rewards' detector, kept in eval/
+def rewards(argv: list[str]) -> int:
+    """`rl-safety rewards`: the reward lab (rewards.lab), and `refusal-accuracy`, an evaluation of
+    the rewards' refusal detector kept in eval/."""
+    if argv and argv[0] == "refusal-accuracy":
         from rl_safety.eval import detector
 
         return detector.main(argv[1:])
@@ -36,70 +40,51 @@ def _rewards(argv: list[str]) -> int:
     return lab.main(argv)
 
 
-def _toy(argv: list[str]) -> int:
-    from rl_safety.toy import cli
-
-    return cli.main(argv)
-
-
-def _shift(argv: list[str]) -> int:
-    from rl_safety.eval import shift
-
-    return shift.main(argv)
+def _entry(target: str) -> Callable[[list[str]], int]:
+    module, function = target.split(":")
+    return lambda argv: getattr(importlib.import_module(module), function)(argv)
 
 
-def _sft(argv: list[str]) -> int:
-    from rl_safety.trainers import sft
+def commands() -> dict[str, Callable[[list[str]], int]]:
+    from rl_safety.refine.methods import data_methods
 
-    return sft.main(argv)
-
-
-def _dgr(argv: list[str]) -> int:
-    from rl_safety.refine import dgr
-
-    return dgr.main(argv)
-
-
-def _thinksafe(argv: list[str]) -> int:
-    from rl_safety.refine import thinksafe
-
-    return thinksafe.main(argv)
-
-
-def _eval(argv: list[str]) -> int:
-    from rl_safety.eval import harness
-
-    return harness.main(argv)
-
-
-def _compare(argv: list[str]) -> int:
-    from rl_safety.eval import compare
-
-    return compare.main(argv)
-
-
-COMMANDS = {"grpo": _grpo, "rewards": _rewards, "toy": _toy, "shift": _shift, "sft": _sft, "dgr": _dgr,
-            "thinksafe": _thinksafe, "eval": _eval, "compare": _compare}
+    found = {name: _entry(target) for name, target in COMMANDS.items()}
+    for name, method in data_methods().items():
+        found.setdefault(name, method.main)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rl_safety.errors import user_errors
+
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    usage = "usage: rl-safety [--debug] {" + ",".join(COMMANDS) + "} ..."
+    plugins = []
+    while argv and argv[0] == "--plugin" and len(argv) > 1:
+        plugins.append(argv[1])
+        del argv[:2]
+    try:
+        for path in plugins:
+            from rewards import load_module
+
+            load_module(path)
+    except user_errors() as err:
+        print(f"rl-safety: error: --plugin {path}: {err}", file=sys.stderr)
+        return 2
+    table = commands()
+    usage = "usage: rl-safety [--debug] [--plugin FILE ...] {" + ",".join(table) + "} ..."
     if argv and argv[0] in ("-h", "--help"):
         print(usage)
         return 0
-    if not argv or argv[0] not in COMMANDS:
+    if not argv or argv[0] not in table:
         what = f"unknown command {argv[0]!r}" if argv else "no command given"
-        print(f"rl-safety: error: {what} (commands: {', '.join(COMMANDS)}; {usage})", file=sys.stderr)
+        print(f"rl-safety: error: {what} (commands: {', '.join(table)}; {usage})", file=sys.stderr)
         return 2
     command = argv[0]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from rl_safety.errors import user_errors
-
     try:
-        return COMMANDS[command](argv[1:])
+        return table[command](argv[1:])
     except user_errors() as err:
         if debug:
             import traceback

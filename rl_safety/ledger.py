@@ -219,7 +219,3 @@ class CostLedger:
         self.data["complete"] = complete
         return self.write()
 
-
-def read_cost(run_dir: str | Path, filename: str = "cost.json") -> dict[str, Any] | None:
-    path = Path(run_dir) / filename
-    return json.loads(path.read_text()) if path.exists() else None

@@ -1,15 +1,17 @@
-"""Schemas of the two data-generation commands, `rl-safety dgr` and `rl-safety thinksafe`.
-Generation reuses GRPO's rollout section (vLLM engine actors); the model section is SFT's."""
+"""Schemas of the data-generation commands (`rl-safety dgr`, `rl-safety thinksafe`, and any
+registered data method): vLLM engine actors (EngineSection) sampling (RepeatedSampling) from the
+target model; the model section is SFT's."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from rl_safety.config.grpo import ClusterSection, RolloutSection
-from rl_safety.config.judge import Guard
-from rl_safety.config.loader import Section
+from rl_safety.config.cluster import RolloutClusterSection
+from rl_safety.config.engine import EngineSection, RepeatedSampling
+from rl_safety.config.judge import Guard, moved_judge_keys
+from rl_safety.config.loader import Section, with_defaults
 from rl_safety.config.sft import SafetyDataSection, SFTModelSection
 
 # The ThinkSafe authors' steering text (synthesize_data.py), followed by a blank line and the prompt.
@@ -25,16 +27,12 @@ DGR_REFINEMENT_PROMPT = (
 )
 
 
-class GenerationSection(RolloutSection):
-    """vLLM sampling for data generation (ThinkSafe's settings by default: temperature 0.6,
+class GenerationSection(with_defaults("GenerationEngineAndSampling", (EngineSection, RepeatedSampling),
+                                      temperature=0.6, top_p=0.95, top_k="family", max_new_tokens=16384)):
+    """The target model's engines and sampling; ThinkSafe's settings by default (temperature 0.6,
     top_p 0.95, top_k from the model family: 20 for Qwen3, off otherwise)."""
 
-    temperature: float = Field(0.6, gt=0)
-    top_p: float = Field(0.95, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0, description="None: the family's default (rl_safety.data.chat)")
-    max_new_tokens: int = Field(16384, ge=1)
     max_prompt_tokens: int = Field(4096, ge=1, description="longer (rendered) prompts are dropped and counted")
-    samples_per_prompt: int = Field(1, ge=1, description="k responses sampled per source row")
     keep_per_prompt: int | None = Field(None, ge=1, description="keep at most this many accepted responses per row")
 
 
@@ -54,16 +52,28 @@ class DGRSection(Section):
         "drop", description="a source row none of whose samples is accepted: drop it, or keep the original "
                             "external trace in its place (provenance fallback: original; counted in the stats)")
 
+    @field_validator("refinement_prompt")
+    @classmethod
+    def _fills_only_known_fields(cls, template: str) -> str:
+        try:
+            template.format(prompt="", reasoning="", answer="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"only {{prompt}}, {{reasoning}} and {{answer}} may be filled ({err!r})") from None
+        return template
+
+
+# The filter guard's context holds the prompt, a 16,384-token response and the guard's own template.
+FilterGuardEngine = with_defaults("FilterGuardEngine", EngineSection, max_model_len=24576)
+
 
 class FilterGuard(Guard):
     """The ThinkSafe filter's guard, with the authors' defaults (synthesize_data.py,
     utils/guard_model.py): Llama-Guard-3-8B (WildGuard: format wildguard, model allenai/wildguard)
-    reading the full response; its context holds the prompt, a 16,384-token response and the
-    guard's own template."""
+    reading the full response."""
 
     model: str = Field("meta-llama/Llama-Guard-3-8B", description="guard checkpoint: hub id or path")
     view: Literal["answer", "full"] = Field("full", description="the authors judge the full response, thought included")
-    max_model_len: int = Field(24576, ge=2, description="the judge's context: prompt + response + its template must fit")
+    engine: FilterGuardEngine = Field(default_factory=FilterGuardEngine, description="the guard's vLLM engines")
 
 
 class ThinkSafeSection(Section):
@@ -77,12 +87,14 @@ class ThinkSafeSection(Section):
 
 
 class GenerationConfig(Section):
-    """What DGR and ThinkSafe share: the target model samples a dataset from another."""
+    """What every data method shares: the target model samples a dataset from another."""
+
+    renamed = {"generation.samples_per_prompt": "generation.n", **moved_judge_keys("thinksafe.guard")}
 
     model: SFTModelSection
     data: SafetyDataSection
     generation: GenerationSection = GenerationSection()
-    cluster: ClusterSection = ClusterSection()
+    cluster: RolloutClusterSection = RolloutClusterSection()
     output: OutputSection
 
 

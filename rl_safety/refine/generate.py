@@ -1,7 +1,8 @@
-"""What DGR and ThinkSafe share: sampling from the target model on vLLM rollout actors, the
-acceptance filter, and writing the dataset with provenance.
+"""What every data method (DGR, ThinkSafe, `rl_safety.refine.methods`) shares: sampling from the
+target model on vLLM engine actors (on `cluster.address`, or a local Ray), the acceptance filter,
+and writing the dataset with provenance.
 
-A generation request is one user turn per source row; `k` samples each. A sample is kept when
+A generation request is one user turn per source row; `generation.n` samples each. A sample is kept when
 (1) it was not cut by max_new_tokens, (2) it is well formed: exactly one closed thought and a
 non-empty answer after it, read by the text contract (`rewards.text.split_response`, given
 whether the rendered prompt opened the thought), and (3) it passes the content filter:
@@ -17,19 +18,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rewards.text import full_response, prompt_opens_think
-from rl_safety.config.grpo import ClusterSection
+from rl_safety.config.cluster import RolloutClusterSection
+from rl_safety.config.engine import resolved_top_k
 from rl_safety.config.judge import Guard
 from rl_safety.config.refine import GenerationConfig, GenerationSection, OutputSection
 from rl_safety.config.sft import SFTModelSection
 from rl_safety.data import chat
 from rl_safety.data.safety import SafetyExample, write_examples
+from rl_safety.orchestration.actor_group import sample_seed
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +94,8 @@ class GuardFilter:
         did not parse (the authors keep those as safe; we do not guess)."""
         from rewards.judge import guard_judge
 
-        g = self.guard
-        harmless = guard_judge(prompts, responses, model=g.model, format=g.format, target="harmless", view=g.view,
-                               on_unparseable="abstain", max_response_chars=g.max_response_chars,
-                               num_gpus=g.num_gpus, max_model_len=g.max_model_len, vllm_kwargs=g.vllm_kwargs)
+        harmless = guard_judge(prompts, responses, target="harmless", on_unparseable="abstain",
+                               **self.guard.model_dump())
         return [None if v == 1.0 else "guard_unparseable" if v is None else "guard_unsafe" for v in harmless]
 
 
@@ -136,19 +136,19 @@ def data_cost_path(dataset_path: str | Path) -> Path:
 
 
 def generate_dataset(requests: list[Request], *, model: SFTModelSection, generation: GenerationSection,
-                     output: OutputSection, cluster: ClusterSection, content_filter: ContentFilter,
+                     output: OutputSection, cluster: RolloutClusterSection, content_filter: ContentFilter,
                      method: str, fallback_original: bool = False) -> tuple[Path, dict[str, Any]]:
     """Sample, filter and write; the cost ledger (generation and filter) goes to
     `data_cost_path(output.path)`. Output rows: prompt (the *source* prompt), reasoning, answer,
     label, source, plus provenance: method, source_row, model, seed (of the sample's prompt),
-    sample (its index among the k), and the request's own `provenance` fields. With
+    sample (its index among the n), and the request's own `provenance` fields. With
     `fallback_original`, a source row none of whose samples is accepted keeps its own trace
     (provenance `fallback: "original"`, `sample` None)."""
-    import ray
     from transformers import AutoTokenizer
 
     from rl_safety.ledger import CostLedger
-    from rl_safety.rollout.vllm_engine import RolloutEngine, checked_max_model_len
+    from rl_safety.orchestration.engines import generate, generation_engines
+    from rl_safety.rollout.vllm_engine import checked_max_model_len
 
     max_model_len = checked_max_model_len(
         model.path, generation.max_model_len, generation.max_prompt_tokens, generation.max_new_tokens,
@@ -156,7 +156,7 @@ def generate_dataset(requests: list[Request], *, model: SFTModelSection, generat
         trust_remote_code=model.trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(model.path, trust_remote_code=model.trust_remote_code)
     family = chat.resolve_family(tokenizer, model.family)
-    top_k = family.top_k if generation.top_k is None else generation.top_k
+    sampling = generation.model_copy(update={"top_k": resolved_top_k(generation, family.top_k)})
     rendered, ids, kept_requests, too_long = [], [], [], 0
     max_chars = generation.max_prompt_tokens * chat.max_chars_per_token(tokenizer)
     for request in requests:
@@ -171,49 +171,23 @@ def generate_dataset(requests: list[Request], *, model: SFTModelSection, generat
         rendered.append(text)
         ids.append(token_ids)
         kept_requests.append(request)
-    seeds = [output.seed * 1_000_003 + r.source.row for r in kept_requests]
+    seeds = [sample_seed(output.seed, r.source.row) for r in kept_requests]
 
-    if not ray.is_initialized():
-        if cluster.address:
-            ray.init(address=cluster.address)
-        else:  # "local": a fresh local Ray, never an unrelated cluster already running on the machine
-            ray.init(address="local", include_dashboard=False,
-                     num_cpus=cluster.num_cpus or max(os.cpu_count() or 1, generation.num_engines + 1))
-    gpus = ray.cluster_resources().get("GPU", 0)
-    use_gpu = gpus > 0 if cluster.device == "auto" else cluster.device == "gpu"
-    tp = generation.tensor_parallel_size
     ledger = CostLedger(Path(output.path).parent, method, model_path=model.path,
                         filename=data_cost_path(output.path).name)
-    ledger.set_devices("gpu" if use_gpu else "cpu", generation.num_engines * (tp if use_gpu else 1))
-    engine_cls = ray.remote(RolloutEngine)
-    engines = [
-        engine_cls.options(num_cpus=1, num_gpus=(1 if use_gpu and tp == 1 else 0)).remote(
-            model.path, dtype=model.dtype, seed=output.seed + i, tensor_parallel_size=tp,
-            max_model_len=max_model_len, use_gpu=use_gpu, gpu_memory_utilization=generation.gpu_memory_utilization,
-            kv_cache_memory_mb=generation.kv_cache_memory_mb, enforce_eager=generation.enforce_eager,
-            sleep_mode=False, trust_remote_code=model.trust_remote_code)
-        for i in range(generation.num_engines)
-    ]
     completed = False
     try:
-        try:
+        with generation_engines(model.path, generation, cluster, source=f"{method} ({output.path})",
+                                dtype=model.dtype, seed=output.seed, max_model_len=max_model_len,
+                                trust_remote_code=model.trust_remote_code) as (engines, use_gpu):
+            ledger.set_devices("gpu" if use_gpu else "cpu", generation.devices)
             with ledger.phase("generation"):
-                shards = [list(range(i, len(ids), len(engines))) for i in range(len(engines))]
-                futures = [engine.generate.remote(
-                    [ids[j] for j in shard], generation.samples_per_prompt, temperature=generation.temperature,
-                    top_p=generation.top_p, top_k=top_k, max_new_tokens=generation.max_new_tokens,
-                    seeds=[seeds[j] for j in shard]) for engine, shard in zip(engines, shards) if shard]
-                completions: list[Any] = [None] * len(ids)
-                for shard, result in zip([s for s in shards if s], ray.get(futures)):
-                    for j, samples in zip(shard, result):
-                        completions[j] = samples
-            # prompt tokens once per prompt: the k samples share the prefill (as GRPO and eval count)
+                completions = generate(engines, ids, seeds, generation.n, sampling, what=f"{method}: generating (vLLM)")
+            # prompt tokens once per prompt: the n samples share the prefill (as GRPO and eval count)
             ledger.add_tokens(generated=sum(len(c.token_ids) for samples in completions for c in samples),
                               prefilled=sum(len(t) for t in ids))
-            ledger.record_memory({f"rollout-{i}": e for i, e in enumerate(engines)})
-        finally:  # free the devices before the filter's guard takes one
-            for engine in engines:
-                ray.kill(engine)
+            ledger.record_memory(engines.by_rank)
+        # the engines are gone: the filter's guard may take their devices
         with ledger.phase("filter"):
             decoded = [[(_decode(tokenizer, c.token_ids), c.truncated) for c in samples] for samples in completions]
             counts, rows = accepted_rows(kept_requests, rendered, seeds, decoded, content_filter, model=model.path,
@@ -226,7 +200,7 @@ def generate_dataset(requests: list[Request], *, model: SFTModelSection, generat
     counts["prompt_too_long"] += too_long
     path = write_examples(output.path, rows)
     stats = {"method": method, "filter": content_filter.describe(), "requests": len(requests),
-             "samples_per_prompt": generation.samples_per_prompt, **dict(counts)}
+             "samples_per_prompt": generation.n, **dict(counts)}
     Path(f"{output.path}.stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     log.info("%s: %s -> %s", method, stats, path)
     return path, stats

@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from rl_safety.toy.table import ARMS
+from rl_safety.toy.table import all_arms
 
 
 def _overrides(pairs: list[str]) -> dict[str, str]:
@@ -76,19 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--out", type=Path, help="write metrics and sample completions to this JSON file")
     run = sub.add_parser("run", help="GRPO on the base toy model, then held-out metrics of base vs GRPO")
     run.add_argument("--output-dir", type=Path, default=Path("runs/toy"), help="where the run goes")
-    run.add_argument("overrides", nargs="*", help="configs/toy/grpo.yaml overrides, e.g. run.total_steps=10")
+    run.add_argument("overrides", nargs="*", help="rl_safety/toy/configs/grpo.yaml overrides, e.g. run.total_steps=10")
     table = sub.add_parser("table", help="vanilla SFT, DGR-SFT, ThinkSafe-SFT and GRPO on the base toy model: "
                                          "evaluation, safety-tax table and plots")
     table.add_argument("--output-dir", type=Path, default=Path("runs/toy_table"), help="where the runs go")
-    table.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
+    table.add_argument("--arms", default=None, help=f"comma-separated subset of {','.join(all_arms())} (default: all)")
     table.add_argument("overrides", nargs="*", help="CONFIG.key=value, CONFIG one of sft, dgr, thinksafe, grpo "
-                                                    "(configs/toy/CONFIG.yaml), e.g. grpo.run.total_steps=10")
+                                                    "(rl_safety/toy/configs/CONFIG.yaml), e.g. grpo.run.total_steps=10")
     args = parser.parse_args(argv)
 
     if args.command == "table":
         from rl_safety.toy.table import run_table
 
-        _, failed = run_table(args.output_dir, args.overrides, tuple(a for a in args.arms.split(",") if a))
+        _, failed = run_table(args.output_dir, args.overrides,
+                              tuple(a for a in args.arms.split(",") if a) if args.arms else None)
         return 1 if failed else 0
     if args.command == "run":
         from rl_safety.toy.grpo_arm import run_grpo_arm

@@ -11,7 +11,7 @@ from rl_safety.config.loader import ConfigError, config_differences
 from rl_safety.runs import resume_or_set_aside
 from rl_safety.toy.world import read_jsonl, write_jsonl
 
-GRPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "toy" / "grpo.yaml"
+GRPO_CONFIG = Path(__file__).parent / "configs" / "grpo.yaml"
 
 
 def balanced_prompts(train_file: Path, out: Path, seed: int = 0) -> Path:
@@ -53,7 +53,7 @@ def resume_with_same_config(cfg, run_dir: Path) -> bool:
 
 
 def train_grpo_arm(base: Path, output_dir: Path, overrides: list[str], seed: int = 0) -> Path:
-    """GRPO (configs/toy/grpo.yaml + `overrides`) from the base model on its balanced prompt mix;
+    """GRPO (rl_safety/toy/configs/grpo.yaml + `overrides`) from the base model on its balanced prompt mix;
     returns the run's `final/`. A finished run is reused; one with a complete checkpoint but no
     `final/` is resumed."""
     from rl_safety.config import GRPOConfig, load_config

@@ -11,9 +11,10 @@ by the eval harness on the toy suite, and the safety-tax table and plots of `rl-
     OUT/grpo/                   GRPO with the verifiable safety + arithmetic rewards
     OUT/comparison/             comparison.md / .html / .json, safety_vs_reasoning.png, quality_vs_cost.png
 
-Every SFT arm trains with configs/toy/sft.yaml, so the three differ only in their data; DGR and
-ThinkSafe generate with configs/toy/{dgr,thinksafe}.yaml, GRPO trains with configs/toy/grpo.yaml,
-each with `CONFIG.key=value` overrides (sft., dgr., thinksafe., grpo.). Every run writes its cost
+Every SFT arm trains with rl_safety/toy/configs/sft.yaml, so they differ only in their data; each
+registered safety-data method (rl_safety.refine.methods: DGR, ThinkSafe, ...) generates with its
+toy config and is an arm `NAME_sft`; GRPO trains with rl_safety/toy/configs/grpo.yaml; each with
+`CONFIG.key=value` overrides (sft., dgr., thinksafe., grpo.). Every run writes its cost
 ledger, and a DGR / ThinkSafe arm's cost includes generating its data.
 
 A finished piece is never redone: rerun the command after a crash or an interruption and it
@@ -24,7 +25,6 @@ with a checkpoint resumes from it.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -33,42 +33,53 @@ from rl_safety.config.loader import ConfigError
 from rl_safety.toy.grpo_arm import (GRPO_CONFIG, finished_with_same_config, resume_with_same_config,
                                    train_grpo_arm)
 
-TOY_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "toy"
-CONFIG_PREFIXES = ("sft", "dgr", "thinksafe", "grpo")
-ARMS = ("vanilla_sft", "dgr_sft", "thinksafe_sft", "grpo")
+TOY_CONFIGS = Path(__file__).parent / "configs"
 SUITE = "toy"
+
+
+def toy_methods() -> dict[str, Any]:
+    """The registered safety-data methods with a toy-world config (rl_safety.refine.methods)."""
+    from rl_safety.refine.methods import data_methods
+
+    return {name: method for name, method in data_methods().items() if method.toy_config is not None}
+
+
+def all_arms() -> tuple[str, ...]:
+    return ("vanilla_sft", *(f"{name}_sft" for name in toy_methods()), "grpo")
 
 
 def split_overrides(pairs: list[str]) -> dict[str, list[str]]:
     """`CONFIG.key=value` overrides grouped by CONFIG (the prefix is dropped)."""
-    grouped: dict[str, list[str]] = {prefix: [] for prefix in CONFIG_PREFIXES}
+    grouped: dict[str, list[str]] = {prefix: [] for prefix in ("sft", *toy_methods(), "grpo")}
     for pair in pairs:
         prefix, _, rest = pair.partition(".")
         if prefix not in grouped or "=" not in rest:
-            raise ConfigError(f"override {pair!r}: expected CONFIG.key=value with CONFIG one of {list(CONFIG_PREFIXES)}")
+            raise ConfigError(f"override {pair!r}: expected CONFIG.key=value with CONFIG one of {list(grouped)}")
         grouped[prefix].append(rest)
     return grouped
 
 
-def check_arms(arms: tuple[str, ...]) -> None:
-    unknown = [a for a in arms if a not in ARMS]
+def check_arms(arms: tuple[str, ...] | None) -> None:
+    """Every arm asked for exists (None: all of them)."""
+    known = all_arms()
+    unknown = [a for a in arms or () if a not in known]
     if unknown:
-        raise ConfigError(f"unknown arms {unknown}; the arms are {list(ARMS)}")
+        raise ConfigError(f"unknown arms {unknown}; the arms are {list(known)}")
 
 
 class ToyTable:
     """The experiment's steps over one output directory; each step is skipped when its result
     is already there. All configs are loaded (and checked) in the constructor, before any work."""
 
-    def __init__(self, base: Path, output_dir: Path, overrides: list[str], arms: tuple[str, ...] = ARMS,
+    def __init__(self, base: Path, output_dir: Path, overrides: list[str], arms: tuple[str, ...] | None = None,
                  log: Callable[[str], None] = print) -> None:
         from rl_safety.config import GRPOConfig, SFTConfig, load_config
-        from rl_safety.config.refine import DGRConfig, ThinkSafeConfig
         from rl_safety.eval.harness import find_suite
         from rl_safety.eval.suite import Suite
 
         check_arms(arms)
-        self.base, self.out, self.arms, self.log = base, output_dir, arms, log
+        self.base, self.out, self.arms, self.log = base, output_dir, arms or all_arms(), log
+        self.methods = toy_methods()
         self.grouped = split_overrides(overrides)
         data = base / "data"
         self.foreign = data / "foreign_refusal_train.jsonl"
@@ -79,15 +90,12 @@ class ToyTable:
                 *self.grouped["sft"]])
 
         self.sft = {"vanilla_sft": sft_config("vanilla_sft", self.foreign),
-                    "dgr_sft": sft_config("dgr_sft", output_dir / "dgr" / "data.jsonl"),
-                    "thinksafe_sft": sft_config("thinksafe_sft", output_dir / "thinksafe" / "data.jsonl")}
+                    **{f"{name}_sft": sft_config(f"{name}_sft", output_dir / name / "data.jsonl") for name in self.methods}}
         self.generation = {
-            "dgr": load_config(DGRConfig, TOY_CONFIGS / "dgr.yaml", [
-                f"model.path={base}", f"data.train={self.foreign}",
-                f"output.path={output_dir / 'dgr' / 'data.jsonl'}", *self.grouped["dgr"]]),
-            "thinksafe": load_config(ThinkSafeConfig, TOY_CONFIGS / "thinksafe.yaml", [
-                f"model.path={base}", f"data.train={data / 'grpo_train.jsonl'}",
-                f"output.path={output_dir / 'thinksafe' / 'data.jsonl'}", *self.grouped["thinksafe"]]),
+            name: load_config(method.config, method.toy_config, [
+                f"model.path={base}", f"data.train={data / method.toy_source}",
+                f"output.path={output_dir / name / 'data.jsonl'}", *self.grouped[name]])
+            for name, method in self.methods.items()
         }
         # GRPO's config is loaded again once its prompt mix is written; this checks the overrides now
         load_config(GRPOConfig, GRPO_CONFIG, [f"model.path={base}", *self.grouped["grpo"]])
@@ -141,11 +149,7 @@ class ToyTable:
         path = Path(cfg.output.path)
         if data_cost_path(path).exists() and finished_with_same_config(cfg, Path(f"{path}.config.yaml"), path):
             return path
-        if method == "dgr":
-            from rl_safety.refine.dgr import run_dgr as run
-        else:
-            from rl_safety.refine.thinksafe import run_thinksafe as run
-        path, stats = run(cfg)
+        path, stats = self.methods[method].run(cfg)
         self.log(f"{method} data: {stats}")
         return path
 
@@ -163,11 +167,11 @@ class ToyTable:
 
 
 def run_table(output_dir: Path, overrides: list[str],
-              arms: tuple[str, ...] = ARMS) -> tuple[dict[str, Path], dict[str, str]]:
+              arms: tuple[str, ...] | None = None) -> tuple[dict[str, Path], dict[str, str]]:
     """Build (or reuse) the base toy model, then `ToyTable(...).run()` in one local Ray session."""
-    import ray
-
+    from rl_safety.config.cluster import ClusterSection
     from rl_safety.eval.compare import print_report
+    from rl_safety.orchestration.cluster import connect
     from rl_safety.toy.model import BuildConfig, build_base_model
 
     check_arms(arms)  # before the base model is built (minutes)
@@ -176,8 +180,7 @@ def run_table(output_dir: Path, overrides: list[str],
     base = build_base_model(BuildConfig(), log=log)
     table = ToyTable(base, output_dir, overrides, arms, log=log)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if not ray.is_initialized():  # one session for every step (each would otherwise start its own)
-        ray.init(address="local", include_dashboard=False, num_cpus=max(os.cpu_count() or 1, 4))
+    connect(ClusterSection(), devices=3)  # one session for every step (each would otherwise start its own)
     written, failed = table.run()
     print_report(written)
     for arm, why in failed.items():

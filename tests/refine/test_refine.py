@@ -15,6 +15,7 @@ import yaml
 
 from rl_safety.config.refine import STEERING_TEXT, ThinkSafeConfig
 from rl_safety.data.safety import SafetyExample
+from rl_safety.orchestration.actor_group import sample_seed
 from rl_safety.refine.generate import GuardFilter, RefusalRegexFilter, Request, accepted_rows, judge
 
 REFUSE = "<think>\nIt is harmful.\n</think>\n\nI can't help with that."
@@ -166,7 +167,7 @@ def _config(tmp_path: Path, model: Path, data: Path, section: dict) -> Path:
     config = {"model": {"path": str(model), "dtype": "float32"},
               "data": {"train": str(data)},
               "generation": {"temperature": 0.05, "max_new_tokens": 96, "max_prompt_tokens": 320,
-                             "samples_per_prompt": 2, "kv_cache_memory_mb": 64, "enforce_eager": True},
+                             "n": 2, "kv_cache_memory_mb": 64, "enforce_eager": True},
               "output": {"path": str(tmp_path / "out" / "data.jsonl"), "seed": 7}, **section}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -199,7 +200,7 @@ def test_dgr_rewrites_foreign_traces_in_the_models_words(tmp_path, steerable_mod
         assert row["method"] == "dgr" and row["model"] == str(steerable_model) and row["source"] == "schema"
         assert row["user_turn"] == REWRITE.format(prompt=row["prompt"], **FOREIGN)
         assert row["source_row"] == HARMFUL.index(row["prompt"]) and row["sample"] in (0, 1)
-        assert row["seed"] == 7 * 1_000_003 + row["source_row"]
+        assert row["seed"] == sample_seed(7, row["source_row"])  # the request's seed, recorded
     assert (tmp_path / "out" / "data.jsonl.config.yaml").exists()
 
     # The paper's premise, measured by `shift`: the refined data sits closer to the model than the

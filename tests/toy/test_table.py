@@ -14,7 +14,7 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # about 15 minutes on 2 cores
 
 SHORT = ["sft.training.epochs=1", "dgr.data.limit=48", "thinksafe.data.limit=600",
-         "dgr.generation.samples_per_prompt=2", "thinksafe.generation.samples_per_prompt=2",
+         "dgr.generation.n=2", "thinksafe.generation.n=2",
          "grpo.run.total_steps=2", "grpo.run.save_every=0", "grpo.run.progress_bar=false"]
 
 
@@ -31,7 +31,9 @@ def ray_session():
 def test_table_runs_every_arm_compares_them_and_reuses_finished_pieces(tmp_path, base_model, ray_session):
     from rl_safety.config import ConfigError
     from rl_safety.eval.compare import training_cost
-    from rl_safety.toy.table import ARMS, ToyTable
+    from rl_safety.toy.table import ToyTable, all_arms
+
+    arms = all_arms()
 
     written, failed = ToyTable(base_model, tmp_path, SHORT).run()
     assert failed == {}
@@ -40,12 +42,12 @@ def test_table_runs_every_arm_compares_them_and_reuses_finished_pieces(tmp_path,
         "base": "base", "vanilla_sft": "sft", "dgr_sft": "dgr+sft", "thinksafe_sft": "thinksafe+sft", "grpo": "grpo"}
     assert numbers["base"]["base"]
     md = written["markdown"].read_text()
-    assert all(f"| {arm} |" in md for arm in ARMS) and "| base (base) |" in md
+    assert all(f"| {arm} |" in md for arm in arms) and "| base (base) |" in md
     for png in ("safety_vs_reasoning", "quality_vs_cost"):
         assert written[png].stat().st_size > 20_000
 
     # each arm is a real run of its own config, evaluated on the same held-out suite
-    for arm in ARMS:
+    for arm in arms:
         results = json.loads((tmp_path / arm / "eval" / "toy" / "results.json").read_text())
         assert {b["prompts"] for b in results["benchmarks"].values()} == {101, 80, 200}
         assert results["model"] == str(tmp_path / arm / "final")
@@ -61,7 +63,7 @@ def test_table_runs_every_arm_compares_them_and_reuses_finished_pieces(tmp_path,
     assert numbers["thinksafe_sft"]["safety_refusal"]["value"] >= numbers["base"]["safety_refusal"]["value"] + 0.5
 
     # A second run redoes nothing: no ledger, checkpoint or eval is rewritten.
-    stamps = {p: p.stat().st_mtime_ns for arm in ARMS for p in (tmp_path / arm).rglob("*") if p.is_file()}
+    stamps = {p: p.stat().st_mtime_ns for arm in arms for p in (tmp_path / arm).rglob("*") if p.is_file()}
     stamps.update({p: p.stat().st_mtime_ns for m in ("dgr", "thinksafe") for p in (tmp_path / m).iterdir()})
     ToyTable(base_model, tmp_path, SHORT).run()
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rl_safety.ledger import CostLedger, count_parameters, process_peak_memory, read_cost
+from rl_safety.ledger import CostLedger, count_parameters, process_peak_memory
 
 
 def test_parameter_count_from_safetensors_headers(tiny_models):
@@ -45,7 +45,7 @@ def test_resume_carries_the_totals_on(tmp_path):
     first.add_tokens(generated=100, trained=40)
     first.add_phase_times({"generation": 2.0})
     first.finish(complete=False)
-    before = read_cost(tmp_path)
+    before = json.loads((tmp_path / "cost.json").read_text())
     second = CostLedger(tmp_path, "grpo", parameters=10, resume=True)
     second.set_devices("cpu", count=2)
     second.add_tokens(generated=50)
