@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Start a Ray head on this machine, run one rl-safety GRPO job on it, then stop that head.
+# Start a Ray head on this machine, run one rl-safety command on it, then stop that head.
 #
-#   launch/local_head.sh CONFIG [key=value ...] [--resume]
+#   launch/local_head.sh COMMAND ARGS...     COMMAND: grpo, sft, dgr, thinksafe or eval, e.g.
+#   launch/local_head.sh grpo --config CONFIG [key=value ...] [--resume]
+#   launch/local_head.sh eval --model RUN/final --suite default [key=value ...]
 #
 # Other machines may join the head while the job starts (`ray start --address=THIS_HOST:RAY_PORT`).
 # Environment: RAY_PORT (6379), NUM_CPUS / NUM_GPUS / RAY_RESOURCES (what the head declares;
@@ -16,8 +18,11 @@ set -euo pipefail
 # drivers that connect: say it once for both, and make the token first.
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 
-[[ $# -ge 1 ]] || { sed -n '2,13p' "$0" >&2; exit 2; }
-CONFIG=$1; shift
+[[ $# -ge 1 ]] || { sed -n '2,15p' "$0" >&2; exit 2; }
+COMMAND=$1; shift
+case $COMMAND in grpo|sft|dgr|thinksafe|eval) ;;
+    *) echo "unknown command '$COMMAND' (the first argument is the command: grpo, sft, dgr, thinksafe or eval)" >&2; exit 2 ;;
+esac
 RAY=${RAY:-ray}
 PYTHON=${PYTHON:-python}
 RAY_PORT=${RAY_PORT:-6379}
@@ -55,4 +60,4 @@ else
         sleep 1
     done
 fi
-run "$PYTHON" -m rl_safety grpo --config "$CONFIG" cluster.address="$ADDRESS" "$@"
+run "$PYTHON" -m rl_safety "$COMMAND" cluster.address="$ADDRESS" "$@"
