@@ -15,7 +15,6 @@ from rl_safety.refine.methods import DataMethod, register_data_method, source_ex
 
 class EchoSection(Section):
     preamble: str = Field("Think about safety first.", description="text put before every prompt")
-    require_label_behaviour: bool = True
 
 
 class EchoConfig(GenerationConfig):
