@@ -291,7 +291,8 @@ def run_sft(cfg: SFTConfig, source: str = "<config>", resume: bool = False, allo
                            kwargs=dict(cfg=cfg, world_size=n, master_addr=address, master_port=port, use_gpu=use_gpu,
                                        total_steps=total_steps),
                            rank_kwargs=lambda r: {"rank": r},
-                           startup_timeout_s=c.startup_timeout_s, call_timeout_s=c.call_timeout_s).wait_started(hint=build_lock_hint)
+                           startup_timeout_s=c.startup_timeout_s, call_timeout_s=c.call_timeout_s)
+        ranks.wait_started(hint=build_lock_hint)
         with ledger.phase("train"):
             results = ranks.call_all("train", ray.put(rows), str(run_dir), resume_from and str(resume_from),
                                      what="training (SFT ranks)")
