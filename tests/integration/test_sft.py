@@ -111,10 +111,13 @@ def test_sft_learns_and_exports_a_checkpoint(tmp_path, tiny_models, sft_data, fu
     assert cost["phase_time_s"]["train"] > 0 and not (run_dir / "cost_data.json").exists()
 
 
-def test_zero3_trains_and_exports_what_zero2_does(full_runs):
+def test_zero3_trains_and_exports_what_zero2_does(full_runs, tiny_models):
     """ZeRO-3 partitions parameters, gradients and optimizer state over the ranks, and the
     export gathers them layer by layer: the same fine-tune must take the same steps (losses)
-    and end with the same full weights as ZeRO-2, which keeps whole parameters on every rank."""
+    and end with the same full weights as ZeRO-2, which keeps whole parameters on every rank.
+    The two differ only in the order of floating-point reductions (Adam amplifies that for
+    elements with tiny gradients): measured up to 2e-5 after 6 steps, while training moved the
+    weights by up to ~0.06 (lr 1e-2): a missing or misplaced shard would differ by that much."""
     import torch
     from safetensors.torch import load_file
 
@@ -123,9 +126,12 @@ def test_zero3_trains_and_exports_what_zero2_does(full_runs):
     assert len(losses2) == len(losses3) == 6
     assert losses3 == pytest.approx(losses2, rel=1e-4)
     weights2, weights3 = load_file(zero2 / "model.safetensors"), load_file(zero3 / "model.safetensors")
+    start = load_file(tiny_models["tied"] / "model.safetensors")
     assert weights2.keys() == weights3.keys()
+    moved = max(float((weights2[name] - start[name]).abs().max()) for name in start)
+    assert moved > 1e-2
     for name, tensor in weights2.items():
-        torch.testing.assert_close(weights3[name], tensor, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(weights3[name], tensor, rtol=0, atol=2e-4)
 
 
 def test_sft_checkpoint_starts_a_grpo_run(tmp_path, tiny_models, sft_data, prompt_file):

@@ -95,7 +95,7 @@ def test_calls_shards_and_failures(ray_session):
 def test_a_constructor_that_raises_fails_the_start_naming_the_group(ray_session):
     broken = ActorGroup("echo", Echo, 2, what="echo actors", tag="b", startup_timeout_s=60, call_timeout_s=60,
                         options=lambda r: {"num_cpus": 0}, rank_kwargs=lambda r: {"rank": r, "fail_at_start": r == 1})
-    with pytest.raises(ActorFailure, match=r"starting the echo actors.*rank 1 cannot start"):
+    with pytest.raises(ActorFailure, match=r"(?s)starting the echo actors: actor echo-1-b died.*rank 1 cannot start"):
         broken.wait_started()
     broken.kill()
     unplaceable = ActorGroup("echo", Echo, 1, what="echo actors", tag="u", startup_timeout_s=2, call_timeout_s=60,
