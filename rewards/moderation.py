@@ -72,7 +72,7 @@ def moderation_server(model: str, max_length: int = 256, dtype: str = "auto") ->
         return ActorGroup("moderation", ModerationServer, 1, what=f"moderation classifier ({model})", name=name,
                           namespace="rewards", options=lambda rank: {"num_cpus": 1, "num_gpus": int(use_gpu)},
                           kwargs={"model": model, "max_length": max_length, "dtype": dtype},
-                          startup_timeout_s=where.startup_timeout_s, call_timeout_s=where.call_timeout_s)
+                          start_timeout_s=where.start_timeout_s, call_timeout_s=where.call_timeout_s)
 
     return shared_judge(["moderation", model, max_length, dtype], start, devices=1)
 

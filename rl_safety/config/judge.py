@@ -12,18 +12,19 @@ from pydantic import Field
 from rl_safety.config.engine import JudgeEngineSection
 from rl_safety.config.loader import Section
 
-# Keys of earlier judge sections and where each setting is now (for a section's `renamed`).
+# Keys of earlier judge sections and where each setting is now ({section}: the section's path).
 MOVED_JUDGE_KEYS = {
-    "vllm_kwargs": "engine (num_engines, tensor_parallel_size, max_model_len, gpu_memory_utilization, "
-                   "kv_cache_memory_mb, enforce_eager) and dtype",
-    "max_model_len": "engine.max_model_len",
-    "num_gpus": "nothing: a judge takes a GPU per tensor-parallel rank when the cluster has GPUs",
+    "vllm_kwargs": "{section}.engine (num_engines, tensor_parallel_size, max_model_len, gpu_memory_utilization, "
+                   "kv_cache_memory_mb, enforce_eager) and {section}.dtype",
+    "max_model_len": "{section}.engine.max_model_len",
+    "num_gpus": "set by the cluster (a judge takes a GPU per tensor-parallel rank when the cluster has GPUs)",
 }
 
 
 def moved_judge_keys(*sections: str) -> dict[str, str]:
     """`renamed` entries for the judge sections at these dotted paths."""
-    return {f"{section}.{old}": new for section in sections for old, new in MOVED_JUDGE_KEYS.items()}
+    return {f"{section}.{old}": new.format(section=section) for section in sections
+            for old, new in MOVED_JUDGE_KEYS.items()}
 
 
 class Judge(Section):

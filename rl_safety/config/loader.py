@@ -198,11 +198,11 @@ def load_config(schema: type[Schema], path: str | Path | None, overrides: list[s
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections, not a {type(data).__name__}")
     override_data = parse_overrides(list(overrides))
-    moved = [f"{key}: renamed, now {where} (in {'overrides' if _gives(override_data, key.split('.')) else source})"
+    moved = [f"{key}: no longer a key; now {where} (in {'overrides' if _gives(override_data, key.split('.')) else source})"
              for old, where in schema.renamed.items()
              for key in _paths(_merge(data, override_data), old.split("."))]
     if moved:
-        more = f" (and {len(moved) - 1} more renamed key(s), below)" if len(moved) > 1 else ""
+        more = f" (and {len(moved) - 1} more such key(s), below)" if len(moved) > 1 else ""
         raise ConfigError(moved[0] + more + "".join(f"\n  {m}" for m in moved[1:]))
     try:
         return schema.model_validate(_merge(data, override_data))

@@ -122,7 +122,7 @@ class Generation(with_defaults("EvalEngine", EngineSection, gpu_memory_utilizati
 class Suite(Section):
     renamed = {"generation.engines": "generation.num_engines", "generation.device": "cluster.device",
                **moved_judge_keys("guard", "refusal_judge", "strongreject_judge"),
-               "moderation_judge.num_gpus": "nothing: the classifier takes a GPU when the cluster has GPUs"}
+               "moderation_judge.num_gpus": "set by the cluster (the classifier takes a GPU when the cluster has GPUs)"}
 
     name: NameInParent = Field(description="results go to RUN/eval/NAME/")
     data_root: str | None = Field(None, description="base of relative `data` paths; relative to the suite file")

@@ -21,13 +21,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rl_safety.errors import UserError
+
 
 class ActorFailure(RuntimeError):
     """A Ray actor died, raised or did not answer; the message names which one and where."""
 
 
 class ActorTimeout(ActorFailure):
-    """An actor did not answer within the group's timeout."""
+    """An actor did not answer within the group's timeout; the message names it and the setting."""
+
+
+class StartTimeout(UserError, ActorTimeout):
+    """Actors that did not finish starting (loading their model, joining their group) within
+    `cluster.start_timeout_s`; the message names them, what they do and why they may hang."""
 
 
 def actor_seed(seed: int, rank: int) -> int:
@@ -81,23 +88,27 @@ class Pending:
     what: str  # what the calls do, for messages ("generating rollouts (vLLM)")
     reassemble: bool  # shard results: put back in one piece
     timeout_s: float  # the longest wait for them
-    setting: str = "cluster.call_timeout_s"  # the config key that sets `timeout_s`
+    setting: str  # the config key that sets `timeout_s`
 
 
 class ActorGroup:
     """`count` actors of the plain class `cls`, named `{role}-{i}-{tag}` (or `name` for a single
     actor shared by name across the cluster). `options(i)` gives actor i's Ray options (placement,
-    resources); `kwargs` go to every constructor, `rank_kwargs(i)` adds actor i's own."""
+    resources); `kwargs` go to every constructor, `rank_kwargs(i)` adds actor i's own. Starting
+    waits at most `start_timeout_s`, a call `call_timeout_s` (set by the config key
+    `call_timeout_key`)."""
 
-    def __init__(self, role: str, cls: type, count: int, *, what: str, startup_timeout_s: float,
-                 call_timeout_s: float, options: Callable[[int], dict[str, Any]] = lambda rank: {},
+    def __init__(self, role: str, cls: type, count: int, *, what: str, start_timeout_s: float,
+                 call_timeout_s: float, call_timeout_key: str = "cluster.call_timeout_s",
+                 options: Callable[[int], dict[str, Any]] = lambda rank: {},
                  kwargs: dict[str, Any] | None = None, rank_kwargs: Callable[[int], dict[str, Any]] = lambda rank: {},
                  tag: str | None = None, name: str | None = None, namespace: str | None = None,
                  passthrough: tuple[type[BaseException], ...] = ()) -> None:
         import ray
 
         self.role, self.what = role, what
-        self.startup_timeout_s, self.call_timeout_s = startup_timeout_s, call_timeout_s
+        self.start_timeout_s = start_timeout_s
+        self.call_timeout_s, self.call_timeout_key = call_timeout_s, call_timeout_key
         self.passthrough = passthrough
         if name is not None:  # shared by name: whoever asks first starts it, the others find it
             self.names = [name if count == 1 else f"{name}-{i}" for i in range(count)]
@@ -126,12 +137,21 @@ class ActorGroup:
         return len(self.handles)
 
     # --------------------------------------------------------------------------- start / stop
-    def wait_started(self) -> ActorGroup:
+    def wait_started(self, hint: Callable[[], str] | None = None) -> ActorGroup:
         """Wait until every actor's constructor has run (a model that does not load, a bad
-        reward module fail here), then record where each one runs."""
-        startup = {"timeout_s": self.startup_timeout_s, "setting": "cluster.startup_timeout_s"}
-        self.result(Pending([h.__ray_ready__.remote() for h in self.handles], self.names,
-                            f"starting the {self.what}", False, **startup))
+        reward module fail here, as an ActorFailure naming the actor), then record where each
+        one runs. Actors still starting after `start_timeout_s` are a StartTimeout naming them,
+        followed by `hint()` (why they may hang, e.g. a stale build lock)."""
+        import ray
+
+        pings = [h.__ray_ready__.remote() for h in self.handles]
+        _, late = ray.wait(pings, num_returns=len(pings), timeout=self.start_timeout_s)
+        if late:
+            names = ", ".join(name for name, ping in zip(self.names, pings) if ping in late)
+            raise StartTimeout(f"starting the {self.what}: {names} not started after {self.start_timeout_s:g} s "
+                               "(cluster.start_timeout_s)" + (hint() if hint else ""))
+        startup = {"timeout_s": self.start_timeout_s, "setting": "cluster.start_timeout_s"}
+        self.result(Pending(pings, self.names, f"starting the {self.what}", False, **startup))
         located = self.result(Pending([h.__ray_call__.remote(_report_node) for h in self.handles], self.names,
                                       f"locating the {self.what}", False, **startup))
         self.placement = dict(zip(self.names, located))
@@ -147,14 +167,14 @@ class ActorGroup:
     def submit(self, method: str, *args: Any, what: str, **kwargs: Any) -> Pending:
         """`method(*args, **kwargs)` on every actor."""
         return Pending([getattr(h, method).remote(*args, **kwargs) for h in self.handles], self.names, what, False,
-                       self.call_timeout_s)
+                       self.call_timeout_s, self.call_timeout_key)
 
     def submit_each(self, method: str, per_actor: Sequence[dict[str, Any]], *, what: str) -> Pending:
         """`method(**per_actor[i])` on actor i."""
         if len(per_actor) != len(self.handles):
             raise ValueError(f"{what}: {len(per_actor)} argument sets for {len(self.handles)} {self.what}")
         return Pending([getattr(h, method).remote(**kw) for h, kw in zip(self.handles, per_actor)], self.names,
-                       what, False, self.call_timeout_s)
+                       what, False, self.call_timeout_s, self.call_timeout_key)
 
     def submit_shards(self, method: str, batch: dict[str, Sequence[Any]], *, what: str, every_actor: bool = False,
                       **common: Any) -> Pending:
@@ -171,7 +191,7 @@ class ActorGroup:
                 continue
             futures.append(getattr(handle, method).remote(**{k: v[start:end] for k, v in batch.items()}, **common))
             names.append(name)
-        return Pending(futures, names, what, True, self.call_timeout_s)
+        return Pending(futures, names, what, True, self.call_timeout_s, self.call_timeout_key)
 
     def result(self, pending: Pending) -> Any:
         """The calls' results (joined, for shards); an actor that died, raised or did not answer

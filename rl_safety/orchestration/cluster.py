@@ -93,7 +93,7 @@ def placement_group(bundles: list[dict[str, float]], strategy: str, timeout_s: f
     if not ready:
         remove_placement_group(group)
         raise ClusterError(f"the cluster did not reserve {len(bundles)} bundle(s) {bundles[0]} ({strategy}) for the "
-                           f"{what} within {timeout_s:g} s (cluster.startup_timeout_s): are the devices held elsewhere?")
+                           f"{what} within {timeout_s:g} s (cluster.start_timeout_s): are the devices held elsewhere?")
     return group
 
 
@@ -145,7 +145,7 @@ def node_address_in(group: Any, index: int, timeout_s: float) -> tuple[str, int,
         return ray.get(probe.options(**{**in_bundle(group, index, 0.0, False), "num_cpus": 0}).remote(),
                        timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
-        raise ClusterError(f"no answer within {timeout_s:g} s (cluster.startup_timeout_s) from the node of "
+        raise ClusterError(f"no answer within {timeout_s:g} s (cluster.start_timeout_s) from the node of "
                            f"bundle {index}, asked for a rendezvous address") from None
 
 
@@ -217,11 +217,11 @@ def preflight(cfg: GRPOConfig, source: str) -> bool:
 def make_layout(cfg: GRPOConfig, use_gpu: bool) -> Layout:
     c = cfg.cluster
     learner_bundles, rollout_bundles = group_bundles(cfg, use_gpu)
-    learner_group = placement_group(learner_bundles, c.placement_strategy, c.startup_timeout_s, "learner ranks")
+    learner_group = placement_group(learner_bundles, c.placement_strategy, c.start_timeout_s, "learner ranks")
     if c.placement == "colocated":
         return Layout(use_gpu, learner_group, learner_group, learner_share=0.5, rollout_share=0.4)
     try:
-        rollout_group = placement_group(rollout_bundles, c.placement_strategy, c.startup_timeout_s, "rollout engines")
+        rollout_group = placement_group(rollout_bundles, c.placement_strategy, c.start_timeout_s, "rollout engines")
     except BaseException:
         remove(learner_group)
         raise

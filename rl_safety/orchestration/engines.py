@@ -32,7 +32,7 @@ def start_engines(model_path: str, engine: EngineSection, cluster: ClusterSectio
 
     return ActorGroup(
         "rollout", RolloutEngine, engine.num_engines, what=what, options=options, tag=tag, name=name,
-        namespace=namespace, startup_timeout_s=cluster.startup_timeout_s, call_timeout_s=cluster.call_timeout_s,
+        namespace=namespace, start_timeout_s=cluster.start_timeout_s, call_timeout_s=cluster.call_timeout_s,
         kwargs=dict(model_path=model_path, engine=engine, dtype=dtype, max_model_len=max_model_len, use_gpu=use_gpu,
                     trust_remote_code=trust_remote_code, sleep_mode=sleep_mode, max_lora_rank=max_lora_rank,
                     weight_transfer_backend="nccl" if use_gpu else "gloo"),
@@ -59,7 +59,7 @@ def generation_engines(model_path: str, engine: EngineSection, cluster: RolloutC
     bundles = ray_cluster.device_bundles(engine.devices, use_gpu, cluster.rollout_resources)
     ray_cluster.check_capacity(bundles, use_gpu, source, f"{engine.num_engines} engine(s) x tensor_parallel_size "
                                                          f"{engine.tensor_parallel_size}")
-    group = ray_cluster.placement_group(bundles, cluster.placement_strategy, cluster.startup_timeout_s,
+    group = ray_cluster.placement_group(bundles, cluster.placement_strategy, cluster.start_timeout_s,
                                         "rollout engines")
     engines = None
     try:

@@ -32,13 +32,14 @@ class GRPOWorkers:
 
     def _start(self, cfg: GRPOConfig, layout: cluster.Layout) -> None:
         from rl_safety.learner.deepspeed_learner import Learner
+        from rl_safety.learner.model import build_lock_hint
         from rl_safety.learner.logprobs import ReferencePolicy
         from rl_safety.rollout.vllm_engine import checked_max_model_len
 
         tag = uuid.uuid4().hex[:6]  # actor names must be unique in the Ray namespace
         c, ro, use_gpu = cfg.cluster, cfg.rollout, layout.use_gpu
-        timeouts = {"startup_timeout_s": c.startup_timeout_s, "call_timeout_s": c.call_timeout_s}
-        learner_ip, ds_port, sync_port = cluster.node_address_in(layout.learner_group, 0, c.startup_timeout_s)
+        timeouts = {"start_timeout_s": c.start_timeout_s, "call_timeout_s": c.call_timeout_s}
+        learner_ip, ds_port, sync_port = cluster.node_address_in(layout.learner_group, 0, c.start_timeout_s)
         max_model_len = checked_max_model_len(
             cfg.model.path, ro.max_model_len, cfg.data.max_prompt_tokens, ro.max_new_tokens,
             explicit_key="rollout.max_model_len", budget_keys="data.max_prompt_tokens + rollout.max_new_tokens",
@@ -51,7 +52,8 @@ class GRPOWorkers:
         n = cfg.learner.num_ranks
         # Learner rank 0 leaves a fifth of its bundle to the reference policy.
         self.groups["learner"] = ActorGroup(
-            "learner", Learner, n, what="DeepSpeed learners", tag=tag, **timeouts,
+            "learner", Learner, n, tag=tag, **timeouts,
+            what=f"DeepSpeed learners (model {cfg.model.path}, process group at {learner_ip}:{ds_port})",
             options=lambda r: cluster.in_bundle(layout.learner_group, r,
                                                 layout.learner_share * (0.8 if r == 0 else 1), use_gpu),
             kwargs=dict(cfg=cfg, world_size=n, master_addr=learner_ip, master_port=ds_port, use_gpu=use_gpu),
@@ -64,8 +66,8 @@ class GRPOWorkers:
                             micro_batch_size=cfg.learner.micro_batch_size,
                             trust_remote_code=cfg.model.trust_remote_code))
         self.groups["reward"] = start_reward_workers(cfg, tag)
-        for group in self.groups.values():  # construction errors surface here, naming the group
-            group.wait_started()
+        for role, group in self.groups.items():  # construction errors surface here, naming the group
+            group.wait_started(hint=build_lock_hint if role == "learner" else None)
         if not self.adapter_sync:
             offsets = [1 + i * ro.tensor_parallel_size for i in range(ro.num_engines)]
             # gloo binds its own free port (0); NCCL's rendezvous takes the probed one.

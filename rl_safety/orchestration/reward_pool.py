@@ -1,4 +1,6 @@
-"""Rewards scored by a group of Ray actors, so a slow reward (a judge model) never stalls the driver."""
+"""Rewards scored by a group of Ray actors, so a slow reward (a judge model) never stalls the
+driver, and a reward that hangs ends the step with an error naming the timeout instead of
+stalling it (`cluster.reward_timeout_s`)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from typing import Any
 
 import rewards
 from rl_safety.config.grpo import GRPOConfig
-from rl_safety.orchestration.actor_group import ActorGroup, Pending
+from rl_safety.orchestration.actor_group import ActorGroup, ActorTimeout
 
 
 def load_reward_specs(reward_sections: list[Any], reward_modules: list[str]) -> list[rewards.RewardSpec]:
@@ -36,17 +38,22 @@ class RewardWorker:
 
 def start_reward_workers(cfg: GRPOConfig, tag: str) -> ActorGroup:
     """`cluster.reward_workers` actors (no CPU reserved: they wait on the driver most of the
-    time); a RewardError raised inside one reaches the driver as it is, naming the reward."""
+    time); a RewardError raised inside one reaches the driver as it is, naming the reward. A
+    call waits at most `cluster.reward_timeout_s`."""
     return ActorGroup("reward", RewardWorker, cfg.cluster.reward_workers, what="reward workers",
                       options=lambda rank: {"num_cpus": 0}, tag=tag, passthrough=(rewards.RewardError,),
                       kwargs={"reward_sections": [r.model_dump() for r in cfg.rewards],
                               "reward_modules": cfg.reward_modules},
-                      startup_timeout_s=cfg.cluster.startup_timeout_s, call_timeout_s=cfg.cluster.call_timeout_s)
+                      start_timeout_s=cfg.cluster.start_timeout_s, call_timeout_s=cfg.cluster.reward_timeout_s,
+                      call_timeout_key="cluster.reward_timeout_s")
 
 
-def submit_scoring(workers: ActorGroup, prompts: list[str], completions: list[str],
-                   columns: dict[str, list[Any]]) -> Pending:
-    """Start scoring, split over the workers; `workers.result(pending)` gives each reward's raw
-    values in batch order (the driver can work meanwhile)."""
-    return workers.submit_shards("score", {"prompts": prompts, "completions": completions, **columns},
-                                 what="scoring rewards")
+def score(workers: ActorGroup, prompts: list[str], completions: list[str],
+          columns: dict[str, list[Any]]) -> dict[str, list[float | None]]:
+    """Each reward's raw values in batch order, the batch split over the workers. A reward that
+    does not finish in time is a RewardError (the run ends; its shutdown kills the workers)."""
+    try:
+        return workers.shard("score", {"prompts": prompts, "completions": completions, **columns},
+                             what="scoring rewards")
+    except ActorTimeout as err:
+        raise rewards.RewardError(f"the reward workers did not finish: {err}") from None

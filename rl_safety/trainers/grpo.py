@@ -22,6 +22,7 @@ import torch
 import rewards
 from rl_safety import preflight
 from rl_safety.algorithms import grpo_math
+from rl_safety.config.engine import resolved_top_k
 from rl_safety.config.grpo import GRPOConfig
 from rl_safety.config.loader import dump_config
 from rl_safety.data import chat
@@ -31,7 +32,7 @@ from rl_safety.orchestration import cluster
 from rl_safety.orchestration.actor_group import ActorFailure, sample_seed
 from rl_safety.orchestration.engines import generate
 from rl_safety.orchestration.grpo_workers import GRPOWorkers
-from rl_safety.orchestration.reward_pool import load_reward_specs, submit_scoring
+from rl_safety.orchestration import reward_pool
 from rl_safety.rollout.batch import RolloutBatch, Sample, build_batch
 from rl_safety.rollout.vllm_engine import Completion
 from rl_safety.runs import RunDirectory
@@ -55,11 +56,11 @@ class GRPOTrainer:
         dump_config(cfg, self.run.root / "config.yaml")
         self.ledger = CostLedger(self.run.root, "grpo", model_path=cfg.model.path, resume=resume)
         # Unknown reward names or a broken reward file fail here, before any actor starts.
-        self.reward_specs = load_reward_specs(cfg.rewards, cfg.reward_modules)
+        self.reward_specs = reward_pool.load_reward_specs(cfg.rewards, cfg.reward_modules)
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        top_k = chat.resolve_family(tokenizer, "auto").top_k if cfg.rollout.top_k == "family" else cfg.rollout.top_k
-        self.sampling = cfg.rollout.model_copy(update={"top_k": top_k})
+        self.sampling = cfg.rollout.model_copy(
+            update={"top_k": resolved_top_k(cfg.rollout, chat.resolve_family(tokenizer, "auto").top_k)})
         self.prompts, dropped = build_prompts(
             load_rows(cfg.data.train, cfg.data.split), tokenizer, source=cfg.data.train,
             prompt_key=cfg.data.prompt_key, chat_template=cfg.model.chat_template,
@@ -214,9 +215,8 @@ class GRPOTrainer:
     def _score(self, samples: list[Sample]) -> dict[str, list[float | None]]:
         names = sorted({k for s in samples for k in s.prompt.columns})
         columns = {k: [s.prompt.columns.get(k) for s in samples] for k in names}
-        pending = submit_scoring(self.workers.rewards, [s.prompt.text for s in samples],
+        return reward_pool.score(self.workers.rewards, [s.prompt.text for s in samples],
                                  [s.completion.text for s in samples], columns)
-        return self.workers.rewards.result(pending)
 
     def _logprobs(self, batch: dict[str, torch.Tensor], reference: bool) -> torch.Tensor:
         tensors = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}

@@ -281,17 +281,17 @@ def run_sft(cfg: SFTConfig, source: str = "<config>", resume: bool = False, allo
     use_gpu = cluster.uses_gpu(c, source)
     bundles = cluster.device_bundles(n, use_gpu, c.learner_resources)
     cluster.check_capacity(bundles, use_gpu, source, f"learner.num_ranks={n}")
-    group = cluster.placement_group(bundles, c.placement_strategy, c.startup_timeout_s, "SFT ranks")
+    group = cluster.placement_group(bundles, c.placement_strategy, c.start_timeout_s, "SFT ranks")
     ledger.set_devices("gpu" if use_gpu else "cpu", n)
     ranks, completed = None, False
     try:
-        address, port, _ = cluster.node_address_in(group, 0, c.startup_timeout_s)
+        address, port, _ = cluster.node_address_in(group, 0, c.start_timeout_s)
         ranks = ActorGroup("rank", SFTRank, n, what="SFT ranks (DeepSpeed)", tag=uuid.uuid4().hex[:6],
                            options=lambda r: cluster.in_bundle(group, r, 1.0, use_gpu),
                            kwargs=dict(cfg=cfg, world_size=n, master_addr=address, master_port=port, use_gpu=use_gpu,
                                        total_steps=total_steps),
                            rank_kwargs=lambda r: {"rank": r},
-                           startup_timeout_s=c.startup_timeout_s, call_timeout_s=c.call_timeout_s)
+                           start_timeout_s=c.start_timeout_s, call_timeout_s=c.call_timeout_s)
         ranks.wait_started(hint=build_lock_hint)
         with ledger.phase("train"):
             results = ranks.call_all("train", ray.put(rows), str(run_dir), resume_from and str(resume_from),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from rl_safety.orchestration.actor_group import (ActorFailure, ActorGroup, ActorTimeout, actor_seed,
+from rl_safety.orchestration.actor_group import (ActorFailure, ActorGroup, ActorTimeout, StartTimeout, actor_seed,
                                                  balanced_ranges, concat, sample_seed)
 from tests.conftest import REPO
 from tests.orchestration.echo_actor import Echo  # by a module path Ray's workers import too
@@ -52,7 +52,7 @@ def ray_session():
 
 
 def group(count: int, tag: str = "t", **kw) -> ActorGroup:
-    options = {"startup_timeout_s": 60, "call_timeout_s": 60, **kw}
+    options = {"start_timeout_s": 60, "call_timeout_s": 60, **kw}
     return ActorGroup("echo", Echo, count, what="echo actors", tag=tag, options=lambda r: {"num_cpus": 0},
                       rank_kwargs=lambda r: {"rank": r}, **options)
 
@@ -93,14 +93,14 @@ def test_calls_shards_and_failures(ray_session):
 
 @pytest.mark.integration
 def test_a_constructor_that_raises_fails_the_start_naming_the_group(ray_session):
-    broken = ActorGroup("echo", Echo, 2, what="echo actors", tag="b", startup_timeout_s=60, call_timeout_s=60,
+    broken = ActorGroup("echo", Echo, 2, what="echo actors", tag="b", start_timeout_s=60, call_timeout_s=60,
                         options=lambda r: {"num_cpus": 0}, rank_kwargs=lambda r: {"rank": r, "fail_at_start": r == 1})
     with pytest.raises(ActorFailure, match=r"(?s)starting the echo actors: actor echo-1-b died.*rank 1 cannot start"):
         broken.wait_started()
     broken.kill()
-    unplaceable = ActorGroup("echo", Echo, 1, what="echo actors", tag="u", startup_timeout_s=2, call_timeout_s=60,
+    unplaceable = ActorGroup("echo", Echo, 1, what="echo actors", tag="u", start_timeout_s=2, call_timeout_s=60,
                              options=lambda r: {"num_cpus": 64}, rank_kwargs=lambda r: {"rank": r})
-    with pytest.raises(ActorTimeout, match=r"starting the echo actors: no answer from echo-0-u within 2 s "
-                                           r"\(cluster.startup_timeout_s\)"):
+    with pytest.raises(StartTimeout, match=r"starting the echo actors: echo-0-u not started after 2 s "
+                                           r"\(cluster.start_timeout_s\)"):
         unplaceable.wait_started()
     unplaceable.kill()
