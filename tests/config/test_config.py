@@ -119,7 +119,7 @@ def test_run_names_stay_inside_the_output_dir(tmp_path):
     ([{"name": "safty"}], "rewards[0]: no reward named 'safty'"),
     ([{"name": "overlong_penalty", "args": {"max_length": 8}}], "needs argument(s) cache_length"),
     ([{"name": "safety", "args": {"guard": {"model": "m", "fromat": "wildguard"}}}], "'fromat'"),
-    ([{"name": "safety", "args": {"guard": {"model": "m", "format": "llamaguard"}}}], "guard format 'llamaguard'"),
+    ([{"name": "safety", "args": {"guard": {"model": "m", "format": "llamaguard"}}}], "guard: format 'llamaguard': choose from"),
 ])
 def test_reward_mistakes_fail_before_anything_starts(tmp_path, rewards, needle):
     """A misspelt reward argument is not swallowed by the reward's **kwargs: the command's

@@ -70,7 +70,7 @@ def test_probe_a_configs_rewards_and_the_built_in_suite_passes(capsys):
     """`--config` probes a GRPO config's reward set (with its args); the built-in suite passes."""
     from tests.conftest import REPO
 
-    assert lab.main(["probe", "--config", str(REPO / "configs" / "toy" / "grpo.yaml")]) == 0
+    assert lab.main(["probe", "--config", str(REPO / "rl_safety" / "toy" / "configs" / "grpo.yaml")]) == 0
     out = capsys.readouterr().out
     assert f"{len(PROBES)} probes" in out and "safety (default args): pays no probe" in out
     assert BUILT_IN.is_file()

@@ -100,7 +100,7 @@ def test_real_templates_split_identically_in_rewards_eval_grpo_and_refine(tmp_pa
     suite = Suite.model_validate({"name": "s", "benchmarks": [{
         "name": "b", "data": "unused.jsonl", "kind": "benign", "fields": {"prompt": "prompt"}, "scorers": ["refusal"]}]})
     scores = scorers.score_samples(suite.benchmarks[0], [EvalPrompt("b", 0, "0", "p", None)], [[complete, truncated]],
-                                   suite, [column])
+                                   suite, prompt_opens_think=[column])
     assert scores["no_answer"] == [[0.0, 1.0]] and scores["refusal"] == [[0.0, 0.0]]
 
     # refine: the complete sample is kept with the same split, the truncated one is malformed
