@@ -3,10 +3,10 @@
 `build_base_model(config)` is deterministic in `config` and cached: the result lives under
 `$RL_SAFETY_CACHE/toy/base-<hash of the config>` (default cache `~/.cache/rl-safety`), written to a
 temporary directory and renamed into place, so a crashed or concurrent build never leaves a partial
-model. The default config's model ships with the package (`rl_safety/toy/shipped/`, 4 MB): the build
-takes about 30 minutes on 2 cores, so a fresh machine runs the toy job and its tests without it;
-`rl-safety toy build --force --ship` rebuilds it after a change to the world or the build. The directory is an ordinary Hugging Face checkpoint (model + tokenizer with a chat template)
-that vLLM and `AutoModelForCausalLM.from_pretrained` load like any other, plus `data/` (the toy
+model. The default config's model ships with the package (`rl_safety/toy/shipped/`, 3.5 MB): the
+build takes about 40 minutes on 2 cores, so a fresh machine runs the toy job and its tests without
+it; `rl-safety toy build --force --ship` rebuilds it after a change to the world or the build.
+The directory is an ordinary Hugging Face checkpoint (model + tokenizer with a chat template) that vLLM and `AutoModelForCausalLM.from_pretrained` load like any other, plus `data/` (the toy
 world's JSONL exports), `build.json` (config, build time, size, loss curve).
 """
 
@@ -116,10 +116,14 @@ def find_base_model(config: BuildConfig) -> Path | None:
 
 
 def ship_base_model(path: Path) -> Path:
-    """Copy a built model into the package as the shipped one, replacing any other shipped build."""
+    """Copy a built model into the package as the shipped one, replacing any other shipped build.
+    Shipping the shipped model itself (`toy build --ship` that found no cached build) keeps it."""
+    target = SHIPPED / path.name
+    if path.resolve() == target.resolve():
+        return target
     for old in SHIPPED.glob("base-*"):
         shutil.rmtree(old)
-    return Path(shutil.copytree(path, SHIPPED / path.name))
+    return Path(shutil.copytree(path, target))
 
 
 # ----------------------------------------------------------------------------- tokenizer

@@ -9,7 +9,7 @@ import pytest
 from rl_safety.toy.model import SHIPPED, BuildConfig
 
 
-def test_the_default_base_model_ships_with_the_package(base_model):
+def test_the_default_base_model_ships_with_the_package():
     shipped = SHIPPED / f"base-{BuildConfig().key()}"
     assert (shipped / "model.safetensors").exists() and (shipped / "tokenizer.json").exists()
     info = json.loads((shipped / "build.json").read_text())

@@ -103,3 +103,14 @@ def test_vllm_generates_what_transformers_generates(small_model):
         ids = tok(chat_prompt(tok, message), return_tensors="pt", add_special_tokens=False)["input_ids"]
         out = model.generate(ids, max_new_tokens=12, do_sample=False)
         assert text == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_shipping_replaces_the_shipped_build_and_keeps_itself(small_model, tmp_path, monkeypatch):
+    from rl_safety.toy import model
+
+    monkeypatch.setattr(model, "SHIPPED", tmp_path / "shipped")
+    (tmp_path / "shipped" / "base-stale").mkdir(parents=True)
+    shipped = model.ship_base_model(small_model)
+    assert [p.name for p in (tmp_path / "shipped").iterdir()] == [small_model.name]
+    assert (shipped / "model.safetensors").read_bytes() == (small_model / "model.safetensors").read_bytes()
+    assert model.ship_base_model(shipped) == shipped and (shipped / "model.safetensors").exists()
