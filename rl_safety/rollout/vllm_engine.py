@@ -49,12 +49,21 @@ class RolloutEngine:
     def __init__(self, model_path: str, engine: EngineSection, *, dtype: str, seed: int, max_model_len: int | None,
                  use_gpu: bool, trust_remote_code: bool = False, sleep_mode: bool = False,
                  weight_transfer_backend: str = "gloo", max_lora_rank: int | None = None) -> None:
+        import os
+
+        tp = engine.tensor_parallel_size
+        if tp == 1:
+            # One worker runs inside this actor, as OpenRLHF's tp=1 engines do: vLLM's default
+            # would spawn an engine-core process that spawns a worker process, each importing
+            # torch and vLLM again (about 25 s of every engine start on a 2-core CPU), for an
+            # overlap of scheduling with the forward pass that batched offline generation hardly
+            # uses. The variable is read when the LLM starts; this actor holds nothing else.
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
         from rl_safety.rollout.weight_transfer import register
 
         register()
-        tp = engine.tensor_parallel_size
         memory: dict[str, Any] = (
             {"gpu_memory_utilization": engine.gpu_memory_utilization} if use_gpu
             # vLLM 0.32's CPU sampler rewinds a seeded request's generator when its prefill is
@@ -70,7 +79,7 @@ class RolloutEngine:
             enable_sleep_mode=self.sleep_mode, enable_prefix_caching=True,
             logprobs_mode="processed_logprobs",
             weight_transfer_config={"backend": weight_transfer_backend},
-            distributed_executor_backend="ray" if tp > 1 else None,
+            distributed_executor_backend="ray" if tp > 1 else "uni",
             **({"enable_lora": True, "max_lora_rank": max_lora_rank} if max_lora_rank else {}),
             **memory,
         )
