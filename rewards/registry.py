@@ -44,7 +44,8 @@ class RewardError(RuntimeError):
 
 class RewardSetupError(ValueError):
     """A reward that cannot be set up: an unknown name, a reward module that is missing, fails to
-    import or exits while importing, or an argument the reward function does not take."""
+    import or exits while importing, or an argument the reward function does not take (users'
+    algorithm modules go through the same loader, so their failures are this error too)."""
 
 
 def register(name: str, validate: Callable[[dict[str, Any]], None] | None = None) -> Callable[[RewardFn], RewardFn]:
@@ -101,13 +102,14 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def load_module(path: str | Path) -> None:
+def load_module(path: str | Path, kind: str = "reward") -> None:
     """Import a user's reward file by path; its `@rewards.register` calls fill the registry.
-    Importing the same file twice is a no-op (Ray workers and the driver both load it)."""
+    Importing the same file twice is a no-op (Ray workers and the driver both load it). `kind`
+    names the file in errors (rl_safety's algorithm modules are loaded the same way)."""
     path = Path(path).resolve()
     if not path.is_file():
-        raise RewardSetupError(f"reward module {path} does not exist" if not path.exists()
-                               else f"reward module {path} is not a file")
+        raise RewardSetupError(f"{kind} module {path} does not exist" if not path.exists()
+                               else f"{kind} module {path} is not a file")
     module_name = f"rewards_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
     if module_name in sys.modules:
         return
@@ -118,10 +120,10 @@ def load_module(path: str | Path) -> None:
         spec.loader.exec_module(module)
     except SystemExit as err:  # a module that exits would end the whole command, with its status
         del sys.modules[module_name]
-        raise RewardSetupError(f"reward module {path} called sys.exit({err.code!r}) while being imported") from None
+        raise RewardSetupError(f"{kind} module {path} called sys.exit({err.code!r}) while being imported") from None
     except Exception as err:
         del sys.modules[module_name]
-        raise RewardSetupError(f"reward module {path} failed to import: {err.__class__.__name__}: {err}") from err
+        raise RewardSetupError(f"{kind} module {path} failed to import: {err.__class__.__name__}: {err}") from err
 
 
 def require_column(column: list[Any] | None, name: str, reward: str) -> list[Any]:

@@ -1,4 +1,5 @@
-"""GRPO math as pure functions of tensors.
+"""GRPO math as pure functions of tensors: logprobs, importance weights, reward shaping and
+dynamic sampling. Advantages are in `advantages`, losses, KL and aggregation in `losses`.
 
 Shapes: a batch of B sequences, grouped contiguously (rows [g*G, (g+1)*G) are the G completions
 of prompt g); token-level tensors are [B, T] with `mask` [B, T] (1.0 = a response token that
@@ -16,74 +17,26 @@ import torch
 LOG_RATIO_BOUND = 20.0
 
 
-def _grouped(values: torch.Tensor, group_size: int) -> torch.Tensor:
+def split_groups(values: torch.Tensor, group_size: int) -> torch.Tensor:
     """[B] -> [B / G, G], rejecting a batch that does not split into whole groups."""
     if group_size < 1 or values.ndim != 1 or values.numel() % group_size:
         raise ValueError(f"{tuple(values.shape)} rewards do not split into groups of {group_size}")
     return values.view(-1, group_size)
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, normalize_std: bool = True,
-                     eps: float = 1e-6) -> torch.Tensor:
-    """[B] rewards -> [B] advantages: reward minus its group's mean, divided by (the group's
-    standard deviation + eps) when `normalize_std`; without it this is Dr.GRPO's advantage.
-
-    The std is the population std (unbiased=False), so a normalized group has exactly unit std
-    over the G samples drawn (a 2-sample group with different rewards gets +-1). verl and TRL use
-    torch's default unbiased std, which gives advantages sqrt((G - 1) / G) times ours: a constant
-    for a fixed G, i.e. only a rescaled learning rate. Equal rewards give advantages of 0."""
-    grouped = _grouped(rewards, group_size)
-    if not grouped.is_floating_point():
-        grouped = grouped.float()
-    centered = grouped - grouped.mean(dim=1, keepdim=True)
-    if normalize_std:
-        centered = centered / (grouped.std(dim=1, unbiased=False, keepdim=True) + eps)
-    return centered.reshape(-1)
-
-
-def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-               estimator: Literal["k1", "k2", "k3"]) -> torch.Tensor:
-    """Per-token estimate [B, T] of KL(pi || ref) from tokens sampled from pi (Schulman, 2020):
-    k1 = log pi - log ref (unbiased, high variance, can be negative);
-    k2 = (log pi - log ref)^2 / 2 (biased, low variance);
-    k3 = ref/pi - log(ref/pi) - 1 (unbiased, low variance, always >= 0)."""
-    log_ratio = logprobs - ref_logprobs
-    if estimator == "k1":
-        return log_ratio
-    if estimator == "k2":
-        return 0.5 * log_ratio.square()
-    if estimator == "k3":
-        neg = (-log_ratio).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)
-        return neg.exp() - neg - 1
-    raise ValueError(f"unknown KL estimator {estimator!r}")
-
-
-def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                mask: torch.Tensor, clip_low: float, clip_high: float,
-                importance_weights: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO clipped surrogate with separate bounds (DAPO clip-higher): per-token loss [B, T] =
-    -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A), r = pi / pi_old, optionally times a
-    (detached) importance weight for the rollout/learner mismatch. `advantages` is [B].
-    The loss is 0 outside `mask`. Stats (detached 0-d tensors, means over masked tokens):
-    `clip_fraction`, the share of tokens where the clipped branch was the minimum (its gradient
-    is zero there); `approx_kl`, the k3 estimate of KL(pi_old || pi), how far the updates since
-    the rollout have moved the policy."""
-    ratio = (logprobs - old_logprobs).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND).exp()
-    adv = advantages[:, None]
-    unclipped = ratio * adv
-    clipped = ratio.clamp(1 - clip_low, 1 + clip_high) * adv
-    loss = -torch.minimum(unclipped, clipped)
-    if importance_weights is not None:
-        loss = loss * importance_weights.detach()
+def importance_ratios(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask: torch.Tensor,
+                      level: Literal["token", "sequence"] = "token") -> torch.Tensor:
+    """Uncapped w [B, T] = pi_learner_old / pi_vllm of the sampled tokens, per token or (level
+    "sequence") the product over the sequence on each of its tokens; 0 outside the mask, detached.
+    exp() of the log-weight is taken after clamping it to at most LOG_RATIO_BOUND, far above any
+    useful cap, so a long sequence cannot overflow."""
+    if level not in ("token", "sequence"):
+        raise ValueError(f"unknown importance weighting level={level!r}")
     mask = mask.float()
-    tokens = mask.sum().clamp(min=1)
-    with torch.no_grad():
-        stats = {
-            "clip_fraction": ((clipped < unclipped).float() * mask).sum() / tokens,
-            "approx_kl": (kl_penalty(old_logprobs, logprobs, "k3") * mask).sum() / tokens,
-        }
-    return loss * mask, stats
+    log_w = (old_logprobs - rollout_logprobs) * mask
+    if level == "sequence":
+        log_w = log_w.sum(dim=1, keepdim=True).expand_as(mask)
+    return (log_w.clamp(max=LOG_RATIO_BOUND).exp() * mask).detach()
 
 
 def truncated_importance_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor,
@@ -91,49 +44,12 @@ def truncated_importance_weights(old_logprobs: torch.Tensor, rollout_logprobs: t
                                  level: Literal["token", "sequence"] = "token",
                                  mode: Literal["truncate", "mask"] = "truncate") -> torch.Tensor:
     """Weights [B, T] correcting for sampling with vLLM's numerics rather than the learner's:
-    w = pi_learner_old / pi_vllm of the sampled tokens (per token, or the product over the
-    sequence). `truncate` caps w at `cap` (TIS); `mask` zeroes samples with w > cap (MIS).
-    Detached; 0 outside the mask. exp() of the log-weight is taken after clamping it to at most
-    LOG_RATIO_BOUND, far above any useful cap, so a long sequence cannot overflow."""
-    if level not in ("token", "sequence") or mode not in ("truncate", "mask"):
-        raise ValueError(f"unknown importance weighting level={level!r} mode={mode!r}")
-    mask = mask.float()
-    log_w = (old_logprobs - rollout_logprobs) * mask
-    if level == "sequence":
-        log_w = log_w.sum(dim=1, keepdim=True).expand_as(mask)
-    w = log_w.clamp(max=LOG_RATIO_BOUND).exp()
-    w = w.clamp(max=cap) if mode == "truncate" else w * (w <= cap)
-    return (w * mask).detach()
-
-
-def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor,
-                   mode: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"],
-                   norm_constant: float | None = None, global_token_count: float | None = None,
-                   global_seq_count: float | None = None) -> torch.Tensor:
-    """Scalar loss from per-token losses [B, T].
-
-    The global counts are the token / sequence counts of the whole mini-batch across data-parallel
-    ranks and micro-batches. Dividing each piece by them (instead of by its own count) makes the
-    sum of the pieces' gradients equal the gradient of the loss of the whole mini-batch, whatever
-    the split. Without them the piece is its own whole.
-    - token_mean: sum of token losses / number of tokens (DAPO; long answers weigh more);
-    - seq_mean_token_mean: mean over sequences of each sequence's token mean (original GRPO);
-    - seq_mean_token_sum_norm: sum of token losses / (norm_constant x sequences) (Dr.GRPO: a
-      constant normalizer, e.g. the max response length, so length carries no bias)."""
-    mask = mask.float()
-    masked = per_token * mask
-    if mode == "token_mean":
-        tokens = global_token_count if global_token_count is not None else mask.sum().clamp(min=1)
-        return masked.sum() / tokens
-    sequences = global_seq_count if global_seq_count is not None else per_token.shape[0]
-    if mode == "seq_mean_token_mean":
-        per_seq = masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-        return per_seq.sum() / sequences
-    if mode == "seq_mean_token_sum_norm":
-        if norm_constant is None:
-            raise ValueError("seq_mean_token_sum_norm needs norm_constant (the max response length)")
-        return masked.sum() / (norm_constant * sequences)
-    raise ValueError(f"unknown loss aggregation {mode!r}")
+    the `importance_ratios` w; `truncate` caps w at `cap` (TIS); `mask` zeroes samples with
+    w > cap (MIS). Detached; 0 outside the mask."""
+    if mode not in ("truncate", "mask"):
+        raise ValueError(f"unknown importance weighting mode={mode!r}")
+    w = importance_ratios(old_logprobs, rollout_logprobs, mask, level)
+    return w.clamp(max=cap) if mode == "truncate" else w * (w <= cap)
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor,
@@ -173,5 +89,30 @@ def dynamic_sampling_keep(rewards: torch.Tensor, group_size: int, tol: float = 1
     """[B] rewards -> [B / G] bool: True for groups whose rewards are not all equal (max - min >
     tol). A flat group has zero advantage for every sample, so it carries no gradient (DAPO's
     dynamic sampling); `tol` keeps float noise from reading as spread."""
-    grouped = _grouped(rewards, group_size)
+    grouped = split_groups(rewards, group_size)
     return (grouped.max(dim=1).values - grouped.min(dim=1).values) > tol
+
+
+class DynamicSamplingError(RuntimeError):
+    """Dynamic sampling found too few groups with reward spread, and the config says to stop."""
+
+
+def fill_batch(kept: list, flat: list, size: int, shortfall: Literal["pad", "error"],
+               context: str = "") -> tuple[list, dict[str, int]]:
+    """The `size` groups dynamic sampling trains on, from the groups drawn this step in order:
+    the first `size` with reward spread (`kept`); the rest of them are surplus (DAPO discards them
+    too). With fewer, `shortfall="pad"` fills up with flat groups (zero advantage: no signal,
+    only cost) and `"error"` raises DynamicSamplingError (`context` says where). Stats: the counts
+    of groups with spread in the batch, flat ones padded in, and both kinds dropped."""
+    missing = max(0, size - len(kept))
+    if missing and shortfall == "error":
+        raise DynamicSamplingError(
+            f"{context}only {len(kept)} of the {size} groups a batch needs have reward spread "
+            f"({len(flat)} flat groups drawn). Draw more per round (algorithm.dynamic_sampling_oversample), "
+            "allow more rounds (algorithm.max_sampling_rounds), or train on padded batches "
+            "(algorithm.dynamic_sampling_shortfall=pad)")
+    if missing > len(flat):
+        raise ValueError(f"{context}{len(kept) + len(flat)} groups drawn, fewer than the {size} a batch needs")
+    stats = {"groups_with_spread": min(len(kept), size), "padded_flat_groups": missing,
+             "surplus_groups_dropped": max(0, len(kept) - size), "flat_groups_dropped": len(flat) - missing}
+    return kept[:size] + flat[:missing], stats

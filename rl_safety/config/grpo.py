@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from rl_safety.config.cluster import GRPOClusterSection
 from rl_safety.config.engine import EngineSection, SamplingSection
@@ -49,7 +49,8 @@ class DataSection(Section):
 
 class RolloutSection(EngineSection, SamplingSection):
     """GRPO's vLLM rollout engines and how they sample (completions per prompt:
-    `algorithm.group_size`)."""
+    `algorithm.group_size`). GRPO samples untruncated: top_p 1 and top_k 0
+    (`GRPOConfig._untruncated_sampling`)."""
 
 
 class LearnerSection(Section):
@@ -95,14 +96,35 @@ class AlgorithmSection(Section):
     prompts_per_step: int = Field(8, ge=1, description="prompts per rollout batch (after dynamic sampling)")
     mini_batches_per_step: int = Field(1, ge=1, description="optimizer steps per rollout batch and epoch")
     epochs_per_step: int = Field(1, ge=1, description="passes over each rollout batch (old logprobs kept)")
-    normalize_advantage_std: bool = Field(True, description="divide by the group std; false = Dr.GRPO")
+    modules: list[str] = Field(
+        default_factory=list, description="user .py files registering advantage estimators, policy losses or "
+                                          "loss aggregations (imported before the names below are checked)")
+    advantage_estimator: str = Field(
+        "grpo", description="registered in rl_safety.algorithms.advantages: grpo, dr_grpo (no std), rloo, "
+                            "reinforce_plus_plus, reinforce_plus_plus_baseline, or one of `modules`")
+    policy_loss: str = Field("ppo_clip", description="ppo_clip (per-token ratio) or gspo (sequence ratio), or one of `modules`")
     clip_low: float = Field(0.2, ge=0, lt=1)
     clip_high: float = Field(0.28, ge=0, le=10, description="> clip_low = DAPO clip-higher")
+    dual_clip: float | None = Field(
+        3.0, gt=1, description="dual-clip c (verl's clip_ratio_c): loss <= c|A| where A < 0; null: plain PPO")
     kl_coef: float = Field(0.0, ge=0, description="0 drops the reference model entirely")
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
-    dynamic_sampling: bool = Field(False, description="drop groups whose rewards are all equal and refill")
-    max_sampling_rounds: int = Field(4, ge=1, description="rollout rounds tried to fill a batch")
+    kl_placement: Literal["loss", "reward"] = Field(
+        "loss", description="KL to the reference as a loss term, or subtracted per token from the reward")
+    kl_estimator: Literal["k1", "k2", "k3", "k3+"] = Field(
+        "k3", description="see losses.kl_estimate: in the loss k3 follows grad KL(ref||pi), k2 and k3+ "
+                          "grad KL(pi||ref), k1 none (refused); in the reward k1 is the usual choice")
+    k3_clamp: float | None = Field(10.0, gt=0, description="upper bound on the per-token k3 value (verl: 10); null: none")
+    loss_aggregation: str = Field(
+        "token_mean", description="token_mean, seq_mean_token_mean or seq_mean_token_sum_norm (Dr.GRPO), "
+                                  "or one of `modules`")
+    dynamic_sampling: bool = Field(False, description="drop groups whose (shaped) rewards are all equal and draw more")
+    dynamic_sampling_oversample: float = Field(
+        1.0, ge=1, description="prompts drawn per sampling round = ceil(prompts_per_step x this) (DAPO's "
+                               "generation batch; surplus groups with spread are dropped)")
+    max_sampling_rounds: int = Field(4, ge=1, description="sampling rounds tried to fill a batch")
+    dynamic_sampling_shortfall: Literal["pad", "error"] = Field(
+        "pad", description="fewer groups with spread than prompts_per_step after max_sampling_rounds: fill up "
+                           "with flat groups (logged) or stop the run")
     importance_correction: Literal["none", "truncate", "mask"] = Field(
         "truncate", description="truncated IS weight for the rollout/learner logprob mismatch"
     )
@@ -113,6 +135,44 @@ class AlgorithmSection(Section):
     )
     overlong_buffer: int = Field(64, ge=1, description="penalty ramp length before max_new_tokens")
     overlong_penalty_factor: float = Field(1.0, ge=0)
+
+    @field_validator("modules")
+    @classmethod
+    def _load_modules(cls, paths: list[str]) -> list[str]:
+        from rl_safety.algorithms import registry
+
+        registry.load_modules(paths)  # RewardSetupError (a ValueError) naming the file
+        return paths
+
+    @field_validator("advantage_estimator", "policy_loss", "loss_aggregation")
+    @classmethod
+    def _registered(cls, name: str, info: ValidationInfo) -> str:
+        from rl_safety.algorithms import advantages, losses
+
+        found = {"advantage_estimator": advantages.ADVANTAGE_ESTIMATORS, "policy_loss": losses.POLICY_LOSSES,
+                 "loss_aggregation": losses.LOSS_AGGREGATIONS}[info.field_name]
+        found.get(name)  # ValueError listing the registered names
+        return name
+
+    @model_validator(mode="after")
+    def _check(self) -> AlgorithmSection:
+        if self.kl_coef > 0 and self.kl_placement == "loss" and self.kl_estimator == "k1":
+            raise Conflict(
+                "algorithm.kl_estimator=k1 with kl_placement=loss: k1's expected gradient is "
+                "E[grad log pi] = 0, so it does not regularise; use k2 or k3+ (gradient of KL(pi||ref)), "
+                "k3 (gradient of KL(ref||pi)), or kl_placement=reward",
+                "algorithm.kl_estimator", "algorithm.kl_placement", "algorithm.kl_coef")
+        if self.kl_coef > 0 and self.kl_placement == "reward" and self.kl_estimator == "k3+":
+            raise Conflict(
+                "algorithm.kl_estimator=k3+ with kl_placement=reward: '+' changes only the gradient, and "
+                "none flows through a reward; use k3 (or k1, the usual choice in the reward)",
+                "algorithm.kl_estimator", "algorithm.kl_placement", "algorithm.kl_coef")
+        if self.policy_loss == "gspo" and self.loss_aggregation != "seq_mean_token_mean":
+            raise Conflict(
+                "algorithm.policy_loss=gspo needs loss_aggregation=seq_mean_token_mean (GSPO's objective "
+                f"is a mean over sequences), got {self.loss_aggregation}",
+                "algorithm.policy_loss", "algorithm.loss_aggregation")
+        return self
 
 
 class RewardSection(Section):
@@ -198,6 +258,20 @@ class GRPOConfig(Section):
         if lr.lora is not None and lr.lora.sync == "adapter" and lr.zero_stage == 3:
             raise Conflict("learner.lora.sync=adapter with zero_stage=3 is not supported; use sync=merged",
                            "learner.lora.sync", "learner.zero_stage")
+        return self
+
+    @model_validator(mode="after")
+    def _untruncated_sampling(self) -> GRPOConfig:
+        """The learner's logprobs are log softmax(logits / temperature) over the whole vocabulary,
+        while vLLM's processed logprobs (the importance weights' denominator, the weight-sync
+        check) are taken after top-p / top-k truncation: GRPO samples untruncated."""
+        ro = self.rollout
+        if ro.top_p != 1.0 or ro.top_k != 0:
+            raise Conflict(
+                f"rollout.top_p={ro.top_p} / rollout.top_k={ro.top_k} truncate sampling, but the learner's "
+                "logprobs are of the untruncated distribution, so rollout and learner logprobs would disagree "
+                "(a false WeightSyncError, biased importance weights); set rollout.top_p=1 and rollout.top_k=0",
+                "rollout.top_p", "rollout.top_k")
         return self
 
     def batch_plan(self) -> str:

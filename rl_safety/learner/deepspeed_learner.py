@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from rl_safety.algorithms import grpo_math
+from rl_safety.algorithms import grpo_math, losses, registry
 from rl_safety.config.grpo import GRPOConfig
 from rl_safety.learner.logprobs import sequence_logprobs
 from rl_safety.learner.model import PolicyModel
@@ -31,6 +31,7 @@ class Learner:
             total_steps=cfg.run.total_steps * a.epochs_per_step * a.mini_batches_per_step,
         )
         self.engine = self.policy.engine
+        registry.load_modules(a.modules)  # the user's policy losses / aggregations, in this process too
         self.weight_sender = None
 
     # ----------------------------------------------------------------------------- logprobs
@@ -54,19 +55,28 @@ class Learner:
         """One optimizer step per mini-batch (this rank's shard of it). Each mini-batch carries
         `global_tokens` / `global_sequences`: the counts over *all* ranks, so the loss this rank
         contributes is its share of the loss of the whole mini-batch (gradients then sum right
-        across ranks and micro-batches)."""
+        across ranks and micro-batches). A mini-batch without a token in the loss (all its
+        responses filtered out, on every rank alike) is skipped: no gradient, and no optimizer
+        step, which Adam's momentum would turn into an update without data."""
         a = self.cfg.algorithm
         self.engine.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, float] = {"empty_mini_batches": 0.0}
         micro = self.cfg.learner.micro_batch_size
+        steps_before = self.engine.global_steps
         for mb in mini_batches:
+            if mb["global_tokens"] == 0:
+                sums["empty_mini_batches"] += 1
+                continue
             for start in range(0, mb["input_ids"].shape[0], micro):
                 part = {k: (v[start : start + micro] if isinstance(v, torch.Tensor) else v)
                         for k, v in mb.items()}
                 stats = self._micro_step(part, a)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
-        return {**sums, "grad_norm": self.policy.grad_norm(), "learning_rate": self.policy.learning_rate()}
+        optimizer_steps = float(self.engine.global_steps - steps_before)
+        return {**sums, "optimizer_steps": optimizer_steps,
+                "grad_norm": self.policy.grad_norm() if optimizer_steps else float("nan"),
+                "learning_rate": self.policy.learning_rate()}
 
     def _micro_step(self, part: dict[str, Any], a) -> dict[str, float]:
         mask = part["response_mask"]
@@ -75,32 +85,12 @@ class Learner:
         ).logits[:, :-1].float()
         logits = logits / self.cfg.rollout.temperature
         logprobs = grpo_math.logprobs_from_logits(logits, part["input_ids"][:, 1:])
-        per_token, clip_stats = grpo_math.policy_loss(
-            logprobs, part["old_logprobs"], part["advantages"], mask,
-            clip_low=a.clip_low, clip_high=a.clip_high,
-            importance_weights=part.get("importance_weights"),
-        )
-        kl = None
-        if part.get("ref_logprobs") is not None:
-            kl = grpo_math.kl_penalty(logprobs, part["ref_logprobs"], a.kl_estimator)
-            per_token = per_token + a.kl_coef * kl
-        loss = grpo_math.aggregate_loss(
-            per_token, mask, a.loss_aggregation,
-            norm_constant=float(self.cfg.rollout.max_new_tokens),
-            global_token_count=part["global_tokens"], global_seq_count=part["global_sequences"],
-        )
+        loss, stats = losses.grpo_loss(logprobs, part, a, norm_constant=float(self.cfg.rollout.max_new_tokens))
         self.policy.backward_step(loss)  # the loss above is already this rank's share of the global mean
         with torch.no_grad():
-            tokens = mask.sum()
             entropy = grpo_math.entropy_from_logits(logits.detach())
-            stats = {
-                "loss": float(loss),
-                "token_count": float(tokens),
-                "clip_tokens": float(clip_stats["clip_fraction"]) * float(tokens),
-                "entropy_sum": float((entropy * mask).sum()),
-            }
-            if kl is not None:
-                stats["kl_sum"] = float((kl * mask).sum())
+            stats["entropy_sum"] = float((entropy * mask).sum())
+            stats["loss"] = float(loss)
         return stats
 
     # ---------------------------------------------------------------------------- weight sync

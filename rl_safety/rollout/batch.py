@@ -24,18 +24,21 @@ class RolloutBatch:
 
     samples: list[Sample]
     raw: dict[str, list[float | None]]  # each reward's values (None: not applicable)
-    rewards: torch.Tensor  # [B] the combined reward
+    rewards: torch.Tensor  # [B] the combined reward, shaped (overlong penalty included)
+    penalty: torch.Tensor  # [B] the overlong penalty in `rewards` (0 without)
 
     def split(self, group_size: int) -> list[RolloutBatch]:
         return [RolloutBatch(self.samples[i:i + group_size], {k: v[i:i + group_size] for k, v in self.raw.items()},
-                             self.rewards[i:i + group_size]) for i in range(0, len(self.samples), group_size)]
+                             self.rewards[i:i + group_size], self.penalty[i:i + group_size])
+                for i in range(0, len(self.samples), group_size)]
 
     @staticmethod
     def join(groups: list[RolloutBatch]) -> RolloutBatch:
         """One batch of whole groups, renumbered in order."""
         samples = [Sample(s.prompt, s.completion, g) for g, group in enumerate(groups) for s in group.samples]
         raw = {k: [v for group in groups for v in group.raw[k]] for k in groups[0].raw}
-        return RolloutBatch(samples, raw, torch.cat([group.rewards for group in groups]))
+        return RolloutBatch(samples, raw, torch.cat([group.rewards for group in groups]),
+                            torch.cat([group.penalty for group in groups]))
 
 
 def build_batch(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:

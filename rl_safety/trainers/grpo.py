@@ -4,14 +4,15 @@
             -> old / reference logprobs (learners) -> check rollout vs learner logprobs
             -> advantages -> update (DeepSpeed learners) -> weight sync (learners -> vLLM)
 
-The math lives in `rl_safety.algorithms.grpo_math`, the actors and their placement in
-`rl_safety.orchestration.grpo_workers`, the rollout batch in `rl_safety.rollout.batch`, what a
-step reports in `rl_safety.trainers.grpo_metrics`.
+The math lives in `rl_safety.algorithms` (advantage estimators, losses, `grpo_math`), the actors
+and their placement in `rl_safety.orchestration.grpo_workers`, the rollout batch in
+`rl_safety.rollout.batch`, what a step reports in `rl_safety.trainers.grpo_metrics`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,10 @@ import torch
 import rewards
 from rl_safety import preflight
 from rl_safety.algorithms import grpo_math
-from rl_safety.config.engine import resolved_top_k
+from rl_safety.algorithms.advantages import compute_advantages, outcome_token_rewards
+from rl_safety.algorithms.losses import kl_reward_penalty, loss_counts
 from rl_safety.config.grpo import GRPOConfig
 from rl_safety.config.loader import dump_config
-from rl_safety.data import chat
 from rl_safety.data.prompts import PromptExample, PromptSampler, build_prompts, load_rows
 from rl_safety.ledger import CostLedger
 from rl_safety.orchestration import cluster
@@ -36,7 +37,8 @@ from rl_safety.orchestration import reward_pool
 from rl_safety.rollout.batch import RolloutBatch, Sample, build_batch
 from rl_safety.rollout.vllm_engine import Completion
 from rl_safety.runs import RunDirectory
-from rl_safety.trainers.grpo_metrics import merge_learner_stats, rollout_rows, step_metrics, timed
+from rl_safety.trainers.grpo_metrics import (importance_metrics, merge_learner_stats, rollout_rows, step_metrics,
+                                             timed)
 
 log = logging.getLogger("rl_safety.grpo")
 
@@ -59,8 +61,6 @@ class GRPOTrainer:
         self.reward_specs = reward_pool.load_reward_specs(cfg.rewards, cfg.reward_modules)
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.sampling = cfg.rollout.model_copy(
-            update={"top_k": resolved_top_k(cfg.rollout, chat.resolve_family(tokenizer, "auto").top_k)})
         self.prompts, dropped = build_prompts(
             load_rows(cfg.data.train, cfg.data.split), tokenizer, source=cfg.data.train,
             prompt_key=cfg.data.prompt_key, chat_template=cfg.model.chat_template,
@@ -111,7 +111,7 @@ class GRPOTrainer:
         cfg, a = self.cfg, self.cfg.algorithm
         timings: dict[str, float] = {}
 
-        # 1-2. generate and score, refilling groups with no reward spread (dynamic sampling)
+        # 1-2. generate, score and shape rewards, refilling groups with no reward spread (dynamic sampling)
         rollout, metrics = self._collect_groups(step, timings)
         samples, total = rollout.samples, rollout.rewards
         batch = build_batch(samples, self.pad_id)
@@ -130,22 +130,32 @@ class GRPOTrainer:
                 "rollout engines are not sampling from the learner's weights (or dtype/sampling "
                 "settings differ). Checkpoints so far are kept in " + str(self.run.checkpoints))
 
-        # 4. advantages (shaped rewards), loss masks, importance weights
+        # 4. advantages (from the shaped rewards, minus the KL to the reference with
+        #    kl_placement=reward), loss mask, importance weights
         lengths = torch.tensor([len(s.completion.token_ids) for s in samples], dtype=torch.float32)
         truncated = torch.tensor([s.completion.truncated for s in samples])
         if a.overlong == "penalty":
-            penalty = grpo_math.overlong_penalty(lengths, cfg.rollout.max_new_tokens, a.overlong_buffer,
-                                                 a.overlong_penalty_factor)
-            total = total + penalty
-            metrics["overlong_penalty/mean"] = float(penalty.mean())
-        advantages = grpo_math.group_advantages(total, a.group_size, normalize_std=a.normalize_advantage_std)
-        if a.overlong == "filter":
-            mask = mask * grpo_math.overlong_filter_mask(truncated)[:, None]
-        batch.update(response_mask=mask, advantages=advantages, old_logprobs=old, ref_logprobs=ref)
+            metrics["overlong_penalty/mean"] = float(rollout.penalty.mean())
+        token_rewards = outcome_token_rewards(total, mask)
+        kl_penalty = None
+        if ref is not None and a.kl_placement == "reward":
+            kl_penalty = kl_reward_penalty(old, ref, mask, a.kl_estimator, a.kl_coef, a.k3_clamp)
+            token_rewards = token_rewards - kl_penalty
+            metrics["kl"] = float(kl_penalty.sum() / a.kl_coef / mask.sum())
+            metrics["kl_penalty/mean"] = float(kl_penalty.sum(dim=1).mean())
+        advantages = compute_advantages(a.advantage_estimator, token_rewards, mask, a.group_size)
+        sequence_advantages = advantages.sum(dim=1) / mask.sum(dim=1)
+        loss_mask = mask * grpo_math.overlong_filter_mask(truncated)[:, None] if a.overlong == "filter" else mask
+        batch.update(response_mask=loss_mask, advantages=advantages, old_logprobs=old,
+                     ref_logprobs=ref if a.kl_placement == "loss" else None)
         if a.importance_correction != "none":
             batch["importance_weights"] = grpo_math.truncated_importance_weights(
-                old, batch["rollout_logprobs"], mask, cap=a.importance_cap,
+                old, batch["rollout_logprobs"], loss_mask, cap=a.importance_cap,
                 level=a.importance_level, mode=a.importance_correction)
+            metrics.update(importance_metrics(
+                batch["importance_weights"],
+                grpo_math.importance_ratios(old, batch["rollout_logprobs"], loss_mask, a.importance_level),
+                loss_mask, a.importance_cap))
 
         # 5. update; cost: every sequence goes through each optimizer epoch and through the
         # forward-only passes for the old (and reference) logprobs
@@ -162,23 +172,28 @@ class GRPOTrainer:
         self.ledger.add_phase_times(timings)
         # `raw` also holds rewards' diagnostics ("safety/guard_disagreement": the share of harmful
         # prompts on which the rule detector and the guard disagree)
-        metrics.update(step_metrics(rollout.raw, total, advantages, lengths, truncated, train_stats, timings))
+        metrics.update(step_metrics(rollout.raw, total, sequence_advantages, lengths, truncated, train_stats, timings))
         if cfg.run.rollouts_saved_per_step:
-            self.run.write_rollouts(step, rollout_rows(step, samples, rollout.raw, total, advantages,
-                                                       cfg.run.rollouts_saved_per_step))
+            self.run.write_rollouts(step, rollout_rows(
+                step, samples, rollout.raw, total, sequence_advantages, cfg.run.rollouts_saved_per_step,
+                kl_penalty.sum(dim=1) if kl_penalty is not None else None))
         return metrics
 
     # ------------------------------------------------------------------------- the pieces
     def _collect_groups(self, step: int, timings: dict[str, float]) -> tuple[RolloutBatch, dict[str, float]]:
-        """Generate and score groups; with dynamic sampling keep only groups whose rewards
-        differ (a flat group has zero advantage: no signal) and draw more prompts until the
-        batch is full or `max_sampling_rounds` is reached, then fill up with flat groups."""
-        a = self.cfg.algorithm
+        """Generate, score and shape rewards (overlong penalty) group by group. With dynamic
+        sampling, keep the groups whose shaped rewards differ (a flat group has zero advantage: no
+        signal), drawing ceil(prompts_per_step x dynamic_sampling_oversample) prompts a round
+        (DAPO) until enough are kept or max_sampling_rounds is reached; `grpo_math.fill_batch`
+        then pads with flat groups or stops, as dynamic_sampling_shortfall says."""
+        cfg, a = self.cfg, self.cfg.algorithm
+        per_round = (math.ceil(a.prompts_per_step * a.dynamic_sampling_oversample) if a.dynamic_sampling
+                     else a.prompts_per_step)
         kept: list[RolloutBatch] = []
         flat: list[RolloutBatch] = []
         rounds = 0
         while len(kept) < a.prompts_per_step and rounds < (a.max_sampling_rounds if a.dynamic_sampling else 1):
-            prompts = [self.prompts[i] for i in self.sampler.take(a.prompts_per_step - len(kept))]
+            prompts = [self.prompts[i] for i in self.sampler.take(per_round)]
             with timed(timings, "generation"):
                 completions = self._generate(prompts, step, rounds)
             with timed(timings, "reward"):
@@ -186,17 +201,29 @@ class GRPOTrainer:
                 raw = self._score(samples)
                 total = torch.tensor(rewards.combine(raw, self.reward_specs, group_size=a.group_size),
                                      dtype=torch.float32)
-            keep = (grpo_math.dynamic_sampling_keep(total, a.group_size) if a.dynamic_sampling
+                # all shaping before the filter: a penalty can give a flat group spread, or take it away
+                penalty = torch.zeros_like(total)
+                if a.overlong == "penalty":
+                    lengths = torch.tensor([len(s.completion.token_ids) for s in samples], dtype=torch.float32)
+                    penalty = grpo_math.overlong_penalty(lengths, cfg.rollout.max_new_tokens, a.overlong_buffer,
+                                                         a.overlong_penalty_factor)
+            keep = (grpo_math.dynamic_sampling_keep(total + penalty, a.group_size) if a.dynamic_sampling
                     else torch.ones(len(prompts), dtype=torch.bool))
-            for g, group in enumerate(RolloutBatch(samples, raw, total).split(a.group_size)):
+            for g, group in enumerate(RolloutBatch(samples, raw, total + penalty, penalty).split(a.group_size)):
                 (kept if keep[g] else flat).append(group)
             rounds += 1
+        groups, counts = grpo_math.fill_batch(
+            kept, flat, a.prompts_per_step, a.dynamic_sampling_shortfall,
+            context=f"step {step}, after {rounds} sampling round(s) of {per_round} prompts: ")
         stats = {}
         if a.dynamic_sampling:
-            filled = max(0, a.prompts_per_step - len(kept))
-            stats = {"dynamic_sampling/rounds": rounds, "dynamic_sampling/flat_groups_dropped": len(flat) - filled,
-                     "dynamic_sampling/flat_groups_in_batch": filled}
-        return RolloutBatch.join((kept + flat)[: a.prompts_per_step]), stats
+            stats = {"dynamic_sampling/rounds": rounds, "dynamic_sampling/prompts_drawn": rounds * per_round,
+                     **{f"dynamic_sampling/{k}": v for k, v in counts.items()}}
+            if counts["padded_flat_groups"]:
+                log.warning("step %d: %d of %d groups in the batch are flat (no reward spread) after %d sampling "
+                            "round(s) (algorithm.dynamic_sampling_shortfall=pad)", step,
+                            counts["padded_flat_groups"], a.prompts_per_step, rounds)
+        return RolloutBatch.join(groups), stats
 
     def _generate(self, prompts: list[PromptExample], step: int, round_: int) -> list[list[Completion]]:
         engines, colocated = self.workers.rollouts, self.cfg.cluster.placement == "colocated"
@@ -204,7 +231,7 @@ class GRPOTrainer:
             engines.call_all("wake_up", what="waking the rollout engines")
         seeds = [sample_seed(self.cfg.run.seed, step, round_, p.index) for p in prompts]
         groups = generate(engines, [p.token_ids for p in prompts], seeds, self.cfg.algorithm.group_size,
-                          self.sampling, what="generating rollouts (vLLM)")
+                          self.cfg.rollout, what="generating rollouts (vLLM)")
         # cost: all generated tokens, also of groups dynamic sampling drops later
         self.ledger.add_tokens(generated=sum(len(c.token_ids) for g in groups for c in g),
                                prefilled=sum(len(p.token_ids) for p in prompts))
@@ -235,7 +262,8 @@ class GRPOTrainer:
             order = torch.from_numpy(rng.permutation(batch["input_ids"].shape[0]))
             for chunk in order.chunk(a.mini_batches_per_step):
                 mb = {k: v[chunk] for k, v in batch.items() if isinstance(v, torch.Tensor)}
-                counts = {"global_tokens": float(mb["response_mask"].sum()), "global_sequences": float(len(chunk))}
+                tokens, sequences = loss_counts(mb["response_mask"])
+                counts = {"global_tokens": tokens, "global_sequences": sequences}
                 for r, rank_rows in enumerate(torch.arange(len(chunk)).chunk(n)):
                     per_rank[r].append({**{k: v[rank_rows] for k, v in mb.items()}, **counts})
         results = self.workers.learners.call_each("train", [{"mini_batches": part} for part in per_rank],

@@ -25,21 +25,23 @@ def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
 
 
 def merge_learner_stats(results: list[dict[str, float]], optimizer_steps: int) -> dict[str, float]:
-    """One rollout batch's update over all ranks: token-weighted sums added, the loss averaged
-    over the optimizer steps, grad norm and learning rate as rank 0 reports them (all equal)."""
-    keys = ("token_count", "clip_tokens", "entropy_sum") + (("kl_sum",) if "kl_sum" in results[0] else ())
-    merged = {k: sum(res[k] for res in results) for k in keys}
-    merged["loss"] = sum(res["loss"] for res in results) / optimizer_steps
-    merged["grad_norm"] = results[0]["grad_norm"]
-    merged["learning_rate"] = results[0]["learning_rate"]
+    """One rollout batch's update over all ranks: token counts and per-token sums (`*_sum`) added
+    (a rank whose mini-batches were all empty has none), the loss averaged over the optimizer
+    steps (an empty mini-batch counts as loss 0), the rest as rank 0 reports it (all equal)."""
+    summed = {k for res in results for k in res if k.endswith("_sum")} | {"token_count", "loss"}
+    merged = {k: sum(res.get(k, 0.0) for res in results) for k in summed}
+    merged["loss"] /= optimizer_steps
+    for k in ("grad_norm", "learning_rate", "optimizer_steps", "empty_mini_batches"):
+        merged[k] = results[0][k]
     return merged
 
 
 def step_metrics(raw: dict[str, list[float | None]], total: torch.Tensor, advantages: torch.Tensor,
                  lengths: torch.Tensor, truncated: torch.Tensor, train_stats: dict[str, float],
                  timings: dict[str, float]) -> dict[str, float]:
-    """raw: each reward's values (None: not applicable); total, advantages, lengths (response
-    tokens), truncated: [B] per sample; train_stats: `merge_learner_stats`' output."""
+    """raw: each reward's values (None: not applicable); total, advantages (each sequence's mean
+    over its tokens), lengths (response tokens), truncated: [B] per sample; train_stats:
+    `merge_learner_stats`' output."""
     metrics: dict[str, float] = {}
     for name, values in raw.items():
         present = [v for v in values if v is not None]
@@ -55,12 +57,13 @@ def step_metrics(raw: dict[str, list[float | None]], total: torch.Tensor, advant
     metrics["response_length/max"] = float(lengths.max())
     metrics["response_length/min"] = float(lengths.min())
     metrics["response_truncated/fraction"] = float(truncated.float().mean())
+    # per-token means over the tokens in the loss (clip_fraction, entropy, kl, ...): undefined,
+    # NaN, when every response was filtered out
     stats = dict(train_stats)
     tokens = stats.pop("token_count")
-    metrics["clip_fraction"] = stats.pop("clip_tokens") / tokens
-    metrics["entropy"] = stats.pop("entropy_sum") / tokens
-    if "kl_sum" in stats:
-        metrics["kl"] = stats.pop("kl_sum") / tokens
+    for key in [k for k in stats if k.endswith("_sum")]:
+        metrics[key.removesuffix("_sum")] = stats.pop(key) / tokens if tokens else float("nan")
+    metrics["train/loss_tokens"] = tokens
     metrics.update({f"train/{k}": v for k, v in stats.items()})
     metrics.update(timings)
     metrics["timing/step"] = sum(timings.values())
@@ -69,13 +72,27 @@ def step_metrics(raw: dict[str, list[float | None]], total: torch.Tensor, advant
     return metrics
 
 
+def importance_metrics(weights: torch.Tensor, ratios: torch.Tensor, loss_mask: torch.Tensor,
+                       cap: float) -> dict[str, float]:
+    """The importance correction of a step: weights (after truncation / masking) and the raw
+    ratios learner / rollout [B, T] over the tokens in the loss (NaN means: no token in it)."""
+    in_loss = float(loss_mask.sum()) or float("nan")
+    return {"importance/weight_mean": float(weights.sum()) / in_loss,
+            "importance/weight_max": float(weights.max()),
+            "importance/ratio_max": float(ratios.max()),
+            "importance/over_cap_fraction": float(((ratios > cap) * loss_mask).sum()) / in_loss}
+
+
 def rollout_rows(step: int, samples: list[Any], raw: dict[str, list[float | None]], total: torch.Tensor,
-                 advantages: torch.Tensor, keep: int) -> list[dict[str, Any]]:
-    """The first `keep` samples of the step as rollouts/step_N.jsonl rows."""
+                 advantages: torch.Tensor, keep: int, kl_penalty: torch.Tensor | None = None) -> list[dict[str, Any]]:
+    """The first `keep` samples of the step as rollouts/step_N.jsonl rows: rewards (raw and the
+    shaped total the estimator saw, before a KL penalty, listed apart: `kl_penalty` [B], the
+    sum over each response), mean advantage per token."""
     return [{
         "step": step, "group": s.group, "prompt": s.prompt.text, "completion": s.completion.text,
         **{k: v for k, v in s.prompt.columns.items() if isinstance(v, (str, int, float, bool, type(None), list, dict))},
         "rewards": {k: v[i] for k, v in raw.items()}, "reward": float(total[i]),
         "advantage": float(advantages[i]), "prompt_tokens": len(s.prompt.token_ids),
         "response_tokens": len(s.completion.token_ids), "truncated": s.completion.truncated,
+        **({"kl_penalty": float(kl_penalty[i])} if kl_penalty is not None else {}),
     } for i, s in enumerate(samples[:keep])]

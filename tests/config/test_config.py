@@ -51,6 +51,20 @@ def test_wrong_type_from_override_says_overrides(tmp_path):
     (["cluster.placement=colocated", "learner.num_ranks=2"], "colocated"),
     (["algorithm.clip_high=0.1"], "clip_high"),
     (["learner.zero_stage=5"], "learner.zero_stage"),
+    # refused at load, each with the reason (see the validators' messages)
+    (["rollout.top_p=0.95"], "rollout.top_p=0.95 / rollout.top_k=0 truncate sampling"),
+    (["rollout.top_k=20"], "rollout.top_p=1.0 / rollout.top_k=20 truncate sampling"),
+    (["algorithm.kl_coef=0.1", "algorithm.kl_estimator=k1"], "k1's expected gradient is E[grad log pi] = 0"),
+    (["algorithm.kl_coef=0.1", "algorithm.kl_placement=reward", "algorithm.kl_estimator=k3+"], "'+' changes only"),
+    (["algorithm.policy_loss=gspo"], "gspo needs loss_aggregation=seq_mean_token_mean"),
+    (["algorithm.dual_clip=1.0"], "algorithm.dual_clip"),
+    (["algorithm.dynamic_sampling_oversample=0.5"], "algorithm.dynamic_sampling_oversample"),
+    (["algorithm.dynamic_sampling_shortfall=skip"], "algorithm.dynamic_sampling_shortfall"),
+    (["algorithm.advantage_estimator=ppo"], "algorithm.advantage_estimator: Value error, unknown advantage "
+                                            "estimator 'ppo'; registered: dr_grpo, "),
+    (["algorithm.policy_loss=cispo"], "unknown policy loss 'cispo'; registered: gspo, ppo_clip"),
+    (["algorithm.loss_aggregation=token_sum"], "algorithm.loss_aggregation: Value error, unknown loss aggregation"),
+    (["algorithm.modules=[no/such/file.py]"], "algorithm.modules: Value error, algorithm module"),
 ])
 def test_impossible_combinations_fail(tmp_path, overrides, needle):
     with pytest.raises(ConfigError) as err:
@@ -134,3 +148,13 @@ def test_reward_mistakes_fail_before_anything_starts(tmp_path, rewards, needle):
     assert needle in str(err.value) and path in str(err.value)
     with pytest.raises(ConfigError, match="rewards.0.weight: Input should be a finite number"):
         load_config(GRPOConfig, write(tmp_path, {**BASE, "rewards": [{"name": "safety", "weight": float("nan")}]}))
+
+
+def test_kl_options_that_have_a_meaning_load(tmp_path):
+    """k1 is refused only where it cannot regularise (in the loss); k3+ only where '+' is moot."""
+    for overrides in (["algorithm.kl_coef=0.1", "algorithm.kl_placement=reward", "algorithm.kl_estimator=k1"],
+                      ["algorithm.kl_coef=0.1", "algorithm.kl_estimator=k3+"],
+                      ["algorithm.kl_estimator=k1"],  # no KL at all (kl_coef 0): nothing to refuse
+                      ["algorithm.policy_loss=gspo", "algorithm.loss_aggregation=seq_mean_token_mean",
+                       "algorithm.dual_clip=null", "rollout.top_p=1.0", "rollout.top_k=0"]):
+        load_config(GRPOConfig, write(tmp_path, BASE), overrides)

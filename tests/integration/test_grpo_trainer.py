@@ -10,13 +10,16 @@ step 1 on would be of the order of the weight change, and the trainer itself sto
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import yaml
 
 from rl_safety.config import GRPOConfig, load_config
-from tests.conftest import USER_REWARDS
+from tests.conftest import REPO, USER_REWARDS
+
+USER_ALGORITHMS = REPO / "tests" / "fixtures" / "user_algorithms.py"
 
 pytestmark = pytest.mark.integration
 
@@ -85,17 +88,18 @@ def ray_session(tmp_path_factory):
     [
         ("tied", {"learner.zero_stage": 2, "cluster.placement": "separate"}),
         ("untied", {"learner.zero_stage": 3, "cluster.placement": "colocated", "algorithm.kl_coef": 0.05,
-                    "rollout.num_engines": 2}),
+                    "algorithm.kl_estimator": "k3+", "rollout.num_engines": 2}),
         ("tied", {"learner.zero_stage": 2, "cluster.placement": "colocated", "rollout.num_engines": 2,
                   "learner.lora": {"rank": 8, "alpha": 16}, "algorithm.kl_coef": 0.05,
                   "learner.learning_rate": 1e-2}),
         ("untied", {"learner.zero_stage": 2, "cluster.placement": "separate", "learner.learning_rate": 1e-2,
                     "learner.lora": {"rank": 8, "alpha": 16, "sync": "adapter"}}),
         ("untied", {"learner.zero_stage": 3, "cluster.placement": "separate", "learner.learning_rate": 1e-2,
-                    "learner.lora": {"rank": 8, "alpha": 16, "sync": "merged"}}),
+                    "learner.lora": {"rank": 8, "alpha": 16, "sync": "merged"},
+                    "algorithm.importance_correction": "none"}),
     ],
-    ids=["zero2-separate-tied", "zero3-colocated-untied-kl", "lora-merged-colocated-tied-kl",
-         "lora-adapter-separate-untied", "lora-merged-zero3-separate-untied"],
+    ids=["zero2-separate-tied", "zero3-colocated-untied-kl3plus", "lora-merged-colocated-tied-kl",
+         "lora-adapter-separate-untied", "lora-merged-zero3-separate-untied-no-is"],
 )
 def test_sync_keeps_rollout_and_learner_logprobs_equal(tmp_path, tiny_models, prompt_file, embeddings, overrides):
     run_dir, final = run(tmp_path, tiny_models[embeddings], prompt_file, overrides)
@@ -111,6 +115,123 @@ def test_sync_keeps_rollout_and_learner_logprobs_equal(tmp_path, tiny_models, pr
     if overrides.get("algorithm.kl_coef"):
         assert metrics[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before any update
         assert metrics[-1]["kl"] > 0
+    for m in metrics:  # one optimizer step per rollout batch (1 mini-batch, 1 epoch)
+        assert m["train/optimizer_steps"] == 1 and m["train/empty_mini_batches"] == 0
+        if overrides.get("algorithm.importance_correction") == "none":
+            assert not any(key.startswith("importance/") for key in m)
+        else:  # the default: truncated at importance_cap=2
+            assert 0.99 < m["importance/weight_mean"] <= m["importance/weight_max"] <= 2.0
+
+
+def read_rollouts(run: Path, step: int) -> list[dict]:
+    return [json.loads(line) for line in (run / "rollouts" / f"step_{step}.jsonl").read_text().splitlines()]
+
+
+def by_group(rows: list[dict]) -> list[list[dict]]:
+    groups: dict[int, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row)
+    return list(groups.values())
+
+
+# A cap just above 1: fp32 noise between vLLM's and the learner's logprobs crosses it on some
+# tokens, so capping / masking visibly acts (at the default cap of 2 nothing would reach it).
+NOISE_CAP = 1.0 + 1e-6
+OPTION_RUNS = {
+    # overlong penalty (shaping before the flat-group filter), dynamic sampling with oversampling,
+    # refill and padding; 2 mini-batches x 2 epochs on 2 ranks; token-level truncated IS; a user's
+    # advantage estimator found by name; PPO-clip with dual-clip
+    "penalty-dynamic-sampling-minibatches-epochs-tis-user-estimator": {
+        "rewards": [{"name": "benign_char_fraction", "args": {"target": "aeiou"}}],
+        "algorithm.dynamic_sampling": True, "algorithm.dynamic_sampling_oversample": 1.5,
+        "algorithm.max_sampling_rounds": 3, "algorithm.dynamic_sampling_shortfall": "pad",
+        "algorithm.overlong": "penalty", "algorithm.overlong_buffer": 8,
+        "algorithm.mini_batches_per_step": 2, "algorithm.epochs_per_step": 2,
+        "algorithm.importance_correction": "truncate", "algorithm.importance_level": "token",
+        "algorithm.importance_cap": NOISE_CAP,
+        "algorithm.modules": [str(USER_ALGORITHMS)], "algorithm.advantage_estimator": "group_sign",
+        "algorithm.dual_clip": 3.0,
+    },
+    # overlong filter (whole responses out of the loss; a mini-batch may be left empty);
+    # sequence-level masked IS; GSPO; KL to the reference in the reward with REINFORCE++-baseline
+    "filter-mis-gspo-kl-in-reward-rfpp-baseline": {
+        "algorithm.overlong": "filter", "algorithm.mini_batches_per_step": 2,
+        "algorithm.importance_correction": "mask", "algorithm.importance_level": "sequence",
+        "algorithm.importance_cap": NOISE_CAP,
+        "algorithm.policy_loss": "gspo", "algorithm.loss_aggregation": "seq_mean_token_mean",
+        "algorithm.kl_coef": 0.05, "algorithm.kl_placement": "reward", "algorithm.kl_estimator": "k1",
+        "algorithm.advantage_estimator": "reinforce_plus_plus_baseline",
+        "learner.num_ranks": 1, "learner.zero_stage": 0,
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(OPTION_RUNS))
+def test_algorithm_options_in_a_real_run(tmp_path, tiny_models, prompt_file, name):
+    """Two real 2-step runs that combine the options no other run uses (the overlong modes are
+    exclusive, hence two). Each check below recomputes from the saved rollouts (all 16 samples
+    of a step) what the option should have done, and fails if it did something else."""
+    overrides = {**OPTION_RUNS[name], "run.total_steps": 2, "run.rollouts_saved_per_step": 16}
+    run_dir, _ = run(tmp_path, tiny_models["tied"], prompt_file, overrides)
+    metrics = read_metrics(run_dir)
+    a = {k.removeprefix("algorithm."): v for k, v in overrides.items() if k.startswith("algorithm.")}
+    print({k: v for m in metrics for k, v in m.items() if k.split("/")[0] in
+           ("dynamic_sampling", "importance", "train", "kl", "kl_penalty", "overlong_penalty")})
+    for step, m in enumerate(metrics):
+        rows = read_rollouts(run_dir, step)
+        assert len(rows) == 16
+        assert m["rollout_learner_logprob_diff"] < 1e-4
+        in_loss = [r for r in rows if not (a["overlong"] == "filter" and r["truncated"])]
+        epochs, minis = a.get("epochs_per_step", 1), a["mini_batches_per_step"]
+        # the tokens the learner trained on: every epoch, only responses the overlong mode keeps
+        assert m["train/loss_tokens"] == epochs * sum(r["response_tokens"] for r in in_loss)
+        assert m["train/optimizer_steps"] + m["train/empty_mini_batches"] == epochs * minis
+        assert math.isfinite(m["train/loss"])
+        # importance weights: the fp32 noise crosses the cap on some tokens; truncate caps them,
+        # mask zeroes them
+        if in_loss:
+            assert m["importance/ratio_max"] > NOISE_CAP and m["importance/over_cap_fraction"] > 0
+            if a["importance_correction"] == "truncate":
+                assert m["importance/weight_max"] <= NOISE_CAP
+            else:
+                assert m["importance/weight_mean"] == pytest.approx(1 - m["importance/over_cap_fraction"], abs=1e-4)
+        if a["overlong"] == "penalty":
+            assert m["train/empty_mini_batches"] == 0 and m["train/optimizer_steps"] == 4
+            for r in rows:  # the shaped reward the estimator saw: the raw reward + DAPO's penalty
+                excess = min(max(r["response_tokens"] - (16 - 8), 0), 8)
+                assert r["reward"] == pytest.approx(r["rewards"]["benign_char_fraction"] - excess / 8, abs=1e-6)
+            # dynamic sampling: ceil(4 x 1.5) = 6 prompts a round; the batch holds groups with
+            # (shaped) reward spread, and flat ones only as the padding it reports
+            assert m["dynamic_sampling/prompts_drawn"] == 6 * m["dynamic_sampling/rounds"]
+            groups = by_group(rows)
+            flat = [g for g in groups if max(r["reward"] for r in g) - min(r["reward"] for r in g) <= 1e-6]
+            assert len(flat) == m["dynamic_sampling/padded_flat_groups"]
+            assert m["dynamic_sampling/groups_with_spread"] + len(flat) == 4
+            # the user's estimator, looked up by its config name: the sign of reward - group mean
+            for g in groups:
+                mean = sum(r["reward"] for r in g) / len(g)
+                for r in g:
+                    d = r["reward"] - mean
+                    assert r["advantage"] == (0.0 if abs(d) < 1e-6 else math.copysign(1.0, d))
+        else:
+            assert (m["train/loss_tokens"] == 0) == (m["train/optimizer_steps"] == 0)
+            # KL in the reward: REINFORCE++-baseline of (reward - kl_penalty), whitened over all
+            # response tokens of the batch, by hand
+            scores = [r["reward"] - r["kl_penalty"] for r in rows]
+            centered = []
+            for g in range(4):
+                group = scores[g * 4:(g + 1) * 4]
+                centered += [x - sum(group) / 4 for x in group]
+            tokens = [c for c, r in zip(centered, rows) for _ in range(r["response_tokens"])]
+            mean = sum(tokens) / len(tokens)
+            std = math.sqrt(sum((x - mean) ** 2 for x in tokens) / (len(tokens) - 1) + 1e-8)
+            for c, r in zip(centered, rows):
+                assert r["advantage"] == pytest.approx((c - mean) / std, rel=1e-4, abs=1e-4)
+    if a["overlong"] == "penalty":
+        assert max(m["dynamic_sampling/rounds"] for m in metrics) >= 2  # a refill round happened
+    else:
+        assert metrics[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference at step 0
+        assert all(r["kl_penalty"] == pytest.approx(0.0, abs=1e-5) for r in read_rollouts(run_dir, 0))
 
 
 def test_reward_rises_on_a_learnable_task(tmp_path, tiny_models, prompt_file):
