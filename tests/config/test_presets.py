@@ -60,8 +60,9 @@ def test_thinksafe_grpo_baseline_preset():
     assert [(x.name, x.weight) for x in cfg.rewards] == [("guard_p_safe", 1.0), ("think_format", 1.0)]
     guard = cfg.rewards[0].args
     assert (guard["model"], guard["view"], guard["top_logprobs"]) == ("meta-llama/Llama-Guard-3-8B", "full", 2)
-    assert (a.kl_coef, a.kl_estimator, a.clip_low, a.clip_high) == (0.04, "k3", 0.2, 0.2)
-    assert a.loss_aggregation == "seq_mean_token_mean" and a.normalize_advantage_std
+    assert (a.kl_coef, a.kl_placement, a.kl_estimator, a.k3_clamp) == (0.04, "loss", "k3", None)
+    assert (a.clip_low, a.clip_high, a.dual_clip, a.policy_loss) == (0.2, 0.2, None, "ppo_clip")
+    assert (a.loss_aggregation, a.advantage_estimator) == ("seq_mean_token_mean", "grpo")
     assert (a.group_size, a.prompts_per_step * a.group_size) == (8, 64)
     assert (a.epochs_per_step, a.mini_batches_per_step, a.dynamic_sampling, a.overlong) == (1, 1, False, "none")
     assert (lr.learning_rate, lr.lr_schedule, lr.warmup_ratio, lr.weight_decay, lr.max_grad_norm) == (1e-5, "cosine", 0.1, 0.0, 1.0)
