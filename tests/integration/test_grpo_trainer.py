@@ -83,23 +83,64 @@ def ray_session(tmp_path_factory):
         os.environ["TORCH_EXTENSIONS_DIR"] = saved
 
 
+# A cap one float32 step above 1: the fp32 noise between vLLM's and the learner's logprobs
+# (|log ratio| up to ~1e-6 per token) crosses it on some tokens, so capping / masking visibly
+# acts (at the default cap of 2 nothing reaches it).
+NOISE_CAP = 1.0 + 2.0**-23
+# The algorithm options no other run uses ride on two of the sync runs below (no Ray/vLLM/DeepSpeed
+# session of their own; the overlong modes are exclusive, hence two); `check_algorithm_options`
+# recomputes from the saved rollouts (all 16 samples of each step) what each should have done.
+#
+# Overlong penalty (shaping before the flat-group filter), dynamic sampling with oversampling,
+# refill and padding; 2 mini-batches x 2 epochs; token-level truncated IS; a user's advantage
+# estimator found by name; PPO-clip with dual-clip. Responses of at most 4 tokens: few groups have
+# spread (a vowel in 4 characters is rare; harmful prompts score 0), so a round of 6 prompts
+# rarely yields the 4 groups a batch needs.
+DYNAMIC_SAMPLING_OPTIONS = {
+    "rewards": [{"name": "benign_char_fraction", "args": {"target": "aeiou"}}],
+    "rollout.max_new_tokens": 4, "run.rollouts_saved_per_step": 16,
+    "algorithm.dynamic_sampling": True, "algorithm.dynamic_sampling_oversample": 1.5,
+    "algorithm.max_sampling_rounds": 3, "algorithm.dynamic_sampling_shortfall": "pad",
+    "algorithm.overlong": "penalty", "algorithm.overlong_buffer": 2,
+    "algorithm.mini_batches_per_step": 2, "algorithm.epochs_per_step": 2,
+    "algorithm.importance_correction": "truncate", "algorithm.importance_level": "token",
+    "algorithm.importance_cap": NOISE_CAP,
+    "algorithm.modules": [str(USER_ALGORITHMS)], "algorithm.advantage_estimator": "group_sign",
+    "algorithm.dual_clip": 3.0,
+}
+# Overlong filter (whole responses out of the loss; a mini-batch, or one rank's share of it, may be
+# left empty); sequence-level masked IS; GSPO; KL to the reference in the reward with
+# REINFORCE++-baseline. Up to 64 tokens, so that about half the responses end before the limit
+# and stay in the loss.
+FILTER_OPTIONS = {
+    "rollout.max_new_tokens": 64, "run.rollouts_saved_per_step": 16,
+    "algorithm.overlong": "filter", "algorithm.mini_batches_per_step": 2,
+    "algorithm.importance_correction": "mask", "algorithm.importance_level": "sequence",
+    "algorithm.importance_cap": NOISE_CAP,
+    "algorithm.policy_loss": "gspo", "algorithm.loss_aggregation": "seq_mean_token_mean",
+    "algorithm.kl_coef": 0.05, "algorithm.kl_placement": "reward", "algorithm.kl_estimator": "k1",
+    "algorithm.advantage_estimator": "reinforce_plus_plus_baseline",
+}
+
+
 @pytest.mark.parametrize(
     "embeddings,overrides",
     [
-        ("tied", {"learner.zero_stage": 2, "cluster.placement": "separate"}),
+        ("tied", {"learner.zero_stage": 2, "cluster.placement": "separate", **DYNAMIC_SAMPLING_OPTIONS}),
         ("untied", {"learner.zero_stage": 3, "cluster.placement": "colocated", "algorithm.kl_coef": 0.05,
                     "algorithm.kl_estimator": "k3+", "rollout.num_engines": 2}),
         ("tied", {"learner.zero_stage": 2, "cluster.placement": "colocated", "rollout.num_engines": 2,
                   "learner.lora": {"rank": 8, "alpha": 16}, "algorithm.kl_coef": 0.05,
                   "learner.learning_rate": 1e-2}),
         ("untied", {"learner.zero_stage": 2, "cluster.placement": "separate", "learner.learning_rate": 1e-2,
-                    "learner.lora": {"rank": 8, "alpha": 16, "sync": "adapter"}}),
+                    "learner.lora": {"rank": 8, "alpha": 16, "sync": "adapter"}, **FILTER_OPTIONS}),
         ("untied", {"learner.zero_stage": 3, "cluster.placement": "separate", "learner.learning_rate": 1e-2,
                     "learner.lora": {"rank": 8, "alpha": 16, "sync": "merged"},
                     "algorithm.importance_correction": "none"}),
     ],
-    ids=["zero2-separate-tied", "zero3-colocated-untied-kl3plus", "lora-merged-colocated-tied-kl",
-         "lora-adapter-separate-untied", "lora-merged-zero3-separate-untied-no-is"],
+    ids=["zero2-separate-tied-dynamic-sampling-penalty-epochs-tis-user-estimator", "zero3-colocated-untied-kl3plus",
+         "lora-merged-colocated-tied-kl", "lora-adapter-separate-untied-filter-mis-gspo-kl-in-reward-rfpp-baseline",
+         "lora-merged-zero3-separate-untied-no-is"],
 )
 def test_sync_keeps_rollout_and_learner_logprobs_equal(tmp_path, tiny_models, prompt_file, embeddings, overrides):
     run_dir, final = run(tmp_path, tiny_models[embeddings], prompt_file, overrides)
@@ -107,20 +148,26 @@ def test_sync_keeps_rollout_and_learner_logprobs_equal(tmp_path, tiny_models, pr
     assert [m["step"] for m in metrics] == [0, 1, 2]
     for m in metrics:
         assert m["rollout_learner_logprob_diff"] < 1e-4, m
-    # The weights did change between steps (else a diff of 0 would prove nothing).
-    assert metrics[-1]["train/grad_norm"] > 0
+    # The weights did change before the last sync (else a diff of 0 would prove nothing).
+    assert any(m["train/optimizer_steps"] > 0 and m["train/grad_norm"] > 0 for m in metrics[:-1])
     assert (final / "config.json").exists()
     assert (run_dir / "rollouts" / "step_2.jsonl").exists()
     assert (run_dir / "config.yaml").exists()
     if overrides.get("algorithm.kl_coef"):
         assert metrics[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before any update
         assert metrics[-1]["kl"] > 0
-    for m in metrics:  # one optimizer step per rollout batch (1 mini-batch, 1 epoch)
-        assert m["train/optimizer_steps"] == 1 and m["train/empty_mini_batches"] == 0
-        if overrides.get("algorithm.importance_correction") == "none":
+    a = {k.removeprefix("algorithm."): v for k, v in overrides.items() if k.startswith("algorithm.")}
+    for m in metrics:  # an optimizer step per mini-batch and epoch; only the overlong filter empties one
+        assert m["train/optimizer_steps"] + m["train/empty_mini_batches"] == \
+            a.get("epochs_per_step", 1) * a.get("mini_batches_per_step", 1)
+        if a.get("overlong") != "filter":
+            assert m["train/empty_mini_batches"] == 0
+        if a.get("importance_correction") == "none":
             assert not any(key.startswith("importance/") for key in m)
-        else:  # the default: truncated at importance_cap=2
+        elif "importance_cap" not in a:  # the default: truncated at importance_cap=2
             assert 0.99 < m["importance/weight_mean"] <= m["importance/weight_max"] <= 2.0
+    if "overlong" in a:
+        check_algorithm_options(run_dir, metrics, a)
 
 
 def read_rollouts(run: Path, step: int) -> list[dict]:
@@ -134,65 +181,18 @@ def by_group(rows: list[dict]) -> list[list[dict]]:
     return list(groups.values())
 
 
-# A cap one float32 step above 1: the fp32 noise between vLLM's and the learner's logprobs
-# (|log ratio| up to ~1e-6 per token) crosses it on some tokens, so capping / masking visibly
-# acts (at the default cap of 2 nothing reaches it).
-NOISE_CAP = 1.0 + 2.0**-23
-OPTION_RUNS = {
-    # overlong penalty (shaping before the flat-group filter), dynamic sampling with oversampling,
-    # refill and padding; 2 mini-batches x 2 epochs on 2 ranks; token-level truncated IS; a user's
-    # advantage estimator found by name; PPO-clip with dual-clip
-    # Responses of at most 4 tokens: few groups have spread (a vowel in 4 characters is rare;
-    # harmful prompts score 0), so a round of 6 prompts rarely yields the 4 groups a batch needs.
-    "penalty-dynamic-sampling-minibatches-epochs-tis-user-estimator": {
-        "rewards": [{"name": "benign_char_fraction", "args": {"target": "aeiou"}}],
-        "rollout.max_new_tokens": 4,
-        "algorithm.dynamic_sampling": True, "algorithm.dynamic_sampling_oversample": 1.5,
-        "algorithm.max_sampling_rounds": 3, "algorithm.dynamic_sampling_shortfall": "pad",
-        "algorithm.overlong": "penalty", "algorithm.overlong_buffer": 2,
-        "algorithm.mini_batches_per_step": 2, "algorithm.epochs_per_step": 2,
-        "algorithm.importance_correction": "truncate", "algorithm.importance_level": "token",
-        "algorithm.importance_cap": NOISE_CAP,
-        "algorithm.modules": [str(USER_ALGORITHMS)], "algorithm.advantage_estimator": "group_sign",
-        "algorithm.dual_clip": 3.0,
-    },
-    # overlong filter (whole responses out of the loss; a mini-batch may be left empty);
-    # sequence-level masked IS; GSPO; KL to the reference in the reward with REINFORCE++-baseline.
-    # Up to 64 tokens, so that about half the responses end before the limit and stay in the loss.
-    "filter-mis-gspo-kl-in-reward-rfpp-baseline": {
-        "rollout.max_new_tokens": 64,
-        "algorithm.overlong": "filter", "algorithm.mini_batches_per_step": 2,
-        "algorithm.importance_correction": "mask", "algorithm.importance_level": "sequence",
-        "algorithm.importance_cap": NOISE_CAP,
-        "algorithm.policy_loss": "gspo", "algorithm.loss_aggregation": "seq_mean_token_mean",
-        "algorithm.kl_coef": 0.05, "algorithm.kl_placement": "reward", "algorithm.kl_estimator": "k1",
-        "algorithm.advantage_estimator": "reinforce_plus_plus_baseline",
-        "learner.num_ranks": 1, "learner.zero_stage": 0,
-    },
-}
-
-
-@pytest.mark.parametrize("name", list(OPTION_RUNS))
-def test_algorithm_options_in_a_real_run(tmp_path, tiny_models, prompt_file, name):
-    """Two real 2-step runs that combine the options no other run uses (the overlong modes are
-    exclusive, hence two). Each check below recomputes from the saved rollouts (all 16 samples
-    of a step) what the option should have done, and fails if it did something else."""
-    overrides = {**OPTION_RUNS[name], "run.total_steps": 2, "run.rollouts_saved_per_step": 16}
-    run_dir, _ = run(tmp_path, tiny_models["tied"], prompt_file, overrides)
-    metrics = read_metrics(run_dir)
-    a = {k.removeprefix("algorithm."): v for k, v in overrides.items() if k.startswith("algorithm.")}
+def check_algorithm_options(run_dir: Path, metrics: list[dict], a: dict) -> None:
+    """What DYNAMIC_SAMPLING_OPTIONS or FILTER_OPTIONS (`a`: the algorithm keys) should have done,
+    recomputed from the saved rollouts of each step; fails if the run did something else."""
     for m in metrics:
         print({k: v for k, v in m.items() if k.split("/")[0] in
                ("dynamic_sampling", "importance", "train", "kl", "kl_penalty", "overlong_penalty")})
     for step, m in enumerate(metrics):
         rows = read_rollouts(run_dir, step)
         assert len(rows) == 16
-        assert m["rollout_learner_logprob_diff"] < 1e-4
         in_loss = [r for r in rows if not (a["overlong"] == "filter" and r["truncated"])]
-        epochs, minis = a.get("epochs_per_step", 1), a["mini_batches_per_step"]
         # the tokens the learner trained on: every epoch, only responses the overlong mode keeps
-        assert m["train/loss_tokens"] == epochs * sum(r["response_tokens"] for r in in_loss)
-        assert m["train/optimizer_steps"] + m["train/empty_mini_batches"] == epochs * minis
+        assert m["train/loss_tokens"] == a.get("epochs_per_step", 1) * sum(r["response_tokens"] for r in in_loss)
         assert math.isfinite(m["train/loss"])
         # importance weights: the fp32 noise crosses the cap on some tokens; truncate caps them,
         # mask zeroes them
@@ -203,7 +203,6 @@ def test_algorithm_options_in_a_real_run(tmp_path, tiny_models, prompt_file, nam
             else:
                 assert m["importance/weight_mean"] == pytest.approx(1 - m["importance/over_cap_fraction"], abs=1e-4)
         if a["overlong"] == "penalty":
-            assert m["train/empty_mini_batches"] == 0 and m["train/optimizer_steps"] == 4
             for r in rows:  # the shaped reward the estimator saw: the raw reward + DAPO's penalty
                 excess = min(max(r["response_tokens"] - (4 - 2), 0), 2)
                 assert r["reward"] == pytest.approx(r["rewards"]["benign_char_fraction"] - excess / 2, abs=1e-6)
@@ -237,7 +236,6 @@ def test_algorithm_options_in_a_real_run(tmp_path, tiny_models, prompt_file, nam
     if a["overlong"] == "penalty":
         assert max(m["dynamic_sampling/rounds"] for m in metrics) >= 2  # a refill round happened
     else:
-        assert metrics[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference at step 0
         assert all(r["kl_penalty"] == pytest.approx(0.0, abs=1e-5) for r in read_rollouts(run_dir, 0))
         # after an update the penalty is not 0, so the check above saw it subtracted
         assert any(abs(r["kl_penalty"]) > 1e-4 for r in read_rollouts(run_dir, 1))
