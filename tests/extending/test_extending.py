@@ -1,5 +1,6 @@
 """Each extension point of the README's "Extending" section, added from a test-local file the
-way a user adds one: a reward, a safety-data method and an eval benchmark with its own scorer.
+way a user adds one: a reward, an advantage estimator, a safety-data method and an eval benchmark
+with its own scorer.
 Nothing outside the plugin file (and its config) changes."""
 
 from __future__ import annotations
@@ -33,6 +34,25 @@ def test_a_reward_from_a_users_file(tmp_path):
     specs = load_reward_specs(cfg.rewards, cfg.reward_modules)
     raw = rewards.score(specs, ["p"] * 3, ["<think>calm</think>NO WAY", "<think>x</think>quiet", "<think>x</think>A"], {})
     assert raw == {"shouting": [1.0, 0.0, None]}  # "A" has fewer letters than min_letters: not applicable
+
+
+def test_an_advantage_estimator_from_a_users_file():
+    import torch
+
+    from rl_safety.algorithms import advantages
+    from rl_safety.config import ConfigError, GRPOConfig, load_config
+
+    base = ["model.path=m", "data.train=d", "rewards=[{name: char_fraction}]", "algorithm.group_size=4",
+            f"algorithm.modules=[{PLUGINS / 'group_sign.py'}]"]
+    cfg = load_config(GRPOConfig, None, [*base, "algorithm.advantage_estimator=group_sign"])
+    scores = [0.1, 0.9, 0.5, 0.5, 0.3, 0.3, 0.3, 0.3]  # the second group is flat: all at its mean
+    mask = torch.tensor([[0, 1, 1, 0], [0, 1, 0, 0], [0, 1, 1, 1], [0, 1, 0, 0]] * 2, dtype=torch.float32)
+    got = advantages.compute_advantages(cfg.algorithm.advantage_estimator,
+                                        advantages.outcome_token_rewards(torch.tensor(scores), mask), mask, 4)
+    want = [-1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # the sign against the group mean (0.5, then 0.3)
+    assert got.tolist() == [[w * m for m in row] for w, row in zip(want, mask.tolist())]
+    with pytest.raises(ConfigError, match="unknown advantage estimator 'group_sing'; registered: dr_grpo, group_sign"):
+        load_config(GRPOConfig, None, [*base, "algorithm.advantage_estimator=group_sing"])
 
 
 def test_a_data_method_from_a_users_file_is_a_command_and_a_toy_arm(tmp_path):

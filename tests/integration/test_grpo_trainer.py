@@ -19,7 +19,7 @@ import yaml
 from rl_safety.config import GRPOConfig, load_config
 from tests.conftest import REPO, USER_REWARDS
 
-USER_ALGORITHMS = REPO / "tests" / "fixtures" / "user_algorithms.py"
+USER_ALGORITHMS = REPO / "tests" / "extending" / "plugins" / "group_sign.py"
 
 pytestmark = pytest.mark.integration
 
