@@ -14,7 +14,7 @@ import torch
 from rl_safety.algorithms import grpo_math
 from rl_safety.config.grpo import GRPOConfig
 from rl_safety.learner.logprobs import sequence_logprobs
-from rl_safety.learner.model import PolicyModel
+from rl_safety.learner.model import PolicyModel, to_device
 
 
 class Learner:
@@ -47,7 +47,7 @@ class Learner:
 
     def _logprobs(self, input_ids, attention_mask) -> torch.Tensor:
         return sequence_logprobs(self.engine, input_ids, attention_mask, self.cfg.rollout.temperature,
-                                 self.cfg.learner.micro_batch_size)
+                                 self.cfg.learner.micro_batch_size, self.policy.device)
 
     # ------------------------------------------------------------------------------- update
     def train(self, mini_batches: list[dict[str, Any]]) -> dict[str, float]:
@@ -61,8 +61,8 @@ class Learner:
         micro = self.cfg.learner.micro_batch_size
         for mb in mini_batches:
             for start in range(0, mb["input_ids"].shape[0], micro):
-                part = {k: (v[start : start + micro] if isinstance(v, torch.Tensor) else v)
-                        for k, v in mb.items()}
+                part = to_device({k: (v[start : start + micro] if isinstance(v, torch.Tensor) else v)
+                                  for k, v in mb.items()}, self.policy.device)
                 stats = self._micro_step(part, a)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,14 @@ def build_lock_hint() -> str:
                 "killed build left them and every later build waits: remove them)")
     return (f"; if a learner hangs in a DeepSpeed/torch extension build, look for a stale `lock` file under "
             f"{root} (or $TORCH_EXTENSIONS_DIR) on its node")
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """`batch` with every tensor on `device`, other values as they are: the one place where data
+    the driver built (on its CPU, shipped through Ray) moves to the device of the module it
+    enters. DeepSpeed's and Hugging Face's `forward` leave inputs where they are, so a CPU batch
+    would meet GPU weights."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def load_model(model: ModelSection, learner: LearnerSection, seed: int) -> torch.nn.Module:
@@ -140,6 +148,12 @@ class PolicyModel:
     @property
     def module(self) -> torch.nn.Module:
         return self.engine.module
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model computes (DeepSpeed's device for this rank: cuda:0 of the GPU Ray
+        gave the actor, or cpu): every batch is moved here (`to_device`) before its forward."""
+        return torch.device(self.engine.device)
 
     # ------------------------------------------------------------------------------- update
     def backward_step(self, loss: torch.Tensor) -> None:
