@@ -48,7 +48,10 @@ def checked_max_model_len(model_path: str, explicit: int | None, prompt_tokens: 
 class RolloutEngine:
     def __init__(self, model_path: str, engine: EngineSection, *, dtype: str, seed: int, max_model_len: int | None,
                  use_gpu: bool, trust_remote_code: bool = False, sleep_mode: bool = False,
-                 weight_transfer_backend: str = "gloo", max_lora_rank: int | None = None) -> None:
+                 weight_transfer_backend: str = "gloo", max_lora_rank: int | None = None,
+                 executor_env: dict[str, str] | None = None) -> None:
+        """`executor_env` (TP > 1, `cluster.engine_placement`): the bundles and GPU share of
+        vLLM's Ray workers; this process then holds no GPU itself."""
         import os
 
         tp = engine.tensor_parallel_size
@@ -63,6 +66,10 @@ class RolloutEngine:
 
         from rl_safety.rollout.weight_transfer import register
 
+        if executor_env:
+            # a GPU-less actor may inherit a device list; vLLM's workers pick their own GPUs
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            os.environ.update(executor_env)
         register()
         memory: dict[str, Any] = (
             {"gpu_memory_utilization": engine.gpu_memory_utilization} if use_gpu

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rl_safety.config import ConfigError, GRPOConfig, load_config
-from rl_safety.orchestration.cluster import custom_resources_needed, group_bundles
+from rl_safety.orchestration.cluster import custom_resources_needed, engine_placement, group_bundles
 
 
 def config(tmp_path, *overrides: str) -> GRPOConfig:
@@ -37,3 +37,51 @@ def test_bad_custom_resources_name_the_key(tmp_path, value, message):
     with pytest.raises(ConfigError, match=message) as err:
         config(tmp_path, f"cluster.learner_resources={value}")
     assert "cluster.learner_resources" in str(err.value)
+
+
+@pytest.mark.parametrize("engines,tp,share", [(1, 2, 1.0), (2, 2, 1.0), (3, 4, 1.0), (2, 2, 0.4)])
+def test_tensor_parallel_engines_get_disjoint_bundles_of_their_own(engines, tp, share):
+    placements = [engine_placement(i, tp, share) for i in range(engines)]
+    held = [b for p in placements for b in p.bundles]
+    assert sorted(held) == list(range(engines * tp))  # every bundle of the group, none twice
+    for p in placements:
+        assert len(p.bundles) == tp and p.bundles == list(range(p.bundles[0], p.bundles[0] + tp))
+        # vLLM's Ray executor puts rank k of the engine's workers in bundle p.bundles[k]
+        assert [int(b) for b in p.executor_env["VLLM_RAY_BUNDLE_INDICES"].split(",")] == p.bundles
+        assert float(p.executor_env["VLLM_RAY_PER_WORKER_GPUS"]) == share
+        assert not p.actor_holds_device  # the workers hold the GPUs, not the engine actor
+
+
+def test_a_single_device_engine_computes_in_its_own_bundle():
+    p = engine_placement(3, 1, 0.4)
+    assert p.bundles == [3] and p.actor_holds_device and p.executor_env == {}
+
+
+def fake_cluster(monkeypatch, **resources):
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: dict(resources))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["rollout.num_engines=2", "rollout.tensor_parallel_size=2"],
+     r"c.yaml: learner.num_ranks=2 \+ rollout.num_engines=2 x rollout.tensor_parallel_size=2 "
+     r"\(cluster.placement=separate\) need 6 GPU\(s\) but the Ray cluster has 4"),
+    (["rollout.num_engines=1", "rollout.tensor_parallel_size=4", "learner.num_ranks=4", "cluster.placement=colocated"],
+     r"c.yaml: learner.num_ranks=4 \(sharing their devices with rollout.num_engines=1 x "
+     r"rollout.tensor_parallel_size=4, cluster.placement=colocated\) need 4 GPU\(s\) but the Ray cluster has 3"),
+])
+def test_preflight_rejects_engines_that_cannot_be_placed_naming_the_keys(tmp_path, monkeypatch, overrides, message):
+    from rl_safety.orchestration.cluster import ClusterError, preflight
+
+    cfg = config(tmp_path, "cluster.device=gpu", *overrides)
+    fake_cluster(monkeypatch, CPU=64, GPU=3 if "cluster.placement=colocated" in overrides else 4)
+    with pytest.raises(ClusterError, match=message):
+        preflight(cfg, "c.yaml")
+
+
+def test_preflight_accepts_a_layout_that_fits(tmp_path, monkeypatch):
+    from rl_safety.orchestration.cluster import preflight
+
+    fake_cluster(monkeypatch, CPU=64, GPU=6)
+    assert preflight(config(tmp_path, "cluster.device=gpu", "rollout.tensor_parallel_size=2"), "c.yaml") is True
