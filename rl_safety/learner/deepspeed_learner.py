@@ -105,21 +105,16 @@ class Learner:
 
     # ---------------------------------------------------------------------------- weight sync
     def init_weight_sync(self, rollout_handles: list[Any], master_addr: str, master_port: int,
-                         world_size: int, worker_rank_offsets: list[int], backend: str) -> None:
-        """Join the learner -> vLLM transfer group (rank 0 sends, other ranks only gather)."""
+                         world_size: int, worker_rank_offsets: list[int] | None, backend: str) -> None:
+        """Set up the learner -> vLLM transfer `backend` (`cluster.weight_sync_transport`): rank 0
+        sends, the other ranks join the gathers (and, for CUDA IPC, share their GPU's handles)."""
         from vllm.distributed.weight_transfer import WeightTransferTrainerFactory
 
-        from rl_safety.rollout.weight_transfer import GlooTrainerInitInfo, PerEngineClient, register
+        from rl_safety.rollout.weight_transfer import PerEngineClient, register, trainer_init_info
 
         register()
-        if backend == "gloo":
-            info = GlooTrainerInitInfo(master_address=master_addr, master_port=master_port,
-                                       world_size=world_size, rank=self.rank)
-        else:
-            from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
-
-            info = NCCLTrainerInitInfo(master_address=master_addr, master_port=master_port,
-                                       world_size=world_size, rank=self.rank)
+        info = trainer_init_info(backend, rank=self.rank, master_address=master_addr, master_port=master_port,
+                                 world_size=world_size)
         self.weight_sender = WeightTransferTrainerFactory.trainer_init(
             info, client=PerEngineClient(rollout_handles, worker_rank_offsets),
             source=self.policy.weights(),

@@ -180,6 +180,21 @@ def _add(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- GRPO's layout
+def weight_sync_transport(placement: str, use_gpu: bool) -> str:
+    """How full weights travel from the learner to vLLM, by layout and device (the one place
+    this is chosen; vLLM's weight-transfer backends and rl-safety's gloo one):
+
+    - CPU: "gloo" (`rl_safety.rollout.weight_transfer`): vLLM's own backends need CUDA.
+    - GPU, separate: "nccl", one broadcast group of learner rank 0 and every engine worker,
+      each on a GPU of its own.
+    - GPU, colocated: "ipc". Learner rank i and engine worker i share a GPU, and NCCL refuses
+      two ranks of one communicator on one device; vLLM's CUDA-IPC backend instead hands each
+      worker handles to the learner's tensors on its own GPU."""
+    if not use_gpu:
+        return "gloo"
+    return "ipc" if placement == "colocated" else "nccl"
+
+
 @dataclass
 class Layout:
     use_gpu: bool
@@ -187,6 +202,7 @@ class Layout:
     rollout_group: Any  # PlacementGroup (the learner one when colocated)
     learner_share: float  # fraction of a bundle each actor asks for
     rollout_share: float
+    weight_sync: str  # `weight_sync_transport` of this layout
 
     def remove(self) -> None:
         for group in {id(g): g for g in (self.learner_group, self.rollout_group)}.values():
@@ -238,11 +254,14 @@ def make_layout(cfg: GRPOConfig, use_gpu: bool) -> Layout:
     c = cfg.cluster
     learner_bundles, rollout_bundles = group_bundles(cfg, use_gpu)
     learner_group = placement_group(learner_bundles, c.placement_strategy, c.start_timeout_s, "learner ranks")
+    weight_sync = weight_sync_transport(c.placement, use_gpu)
     if c.placement == "colocated":
-        return Layout(use_gpu, learner_group, learner_group, learner_share=0.5, rollout_share=0.4)
+        return Layout(use_gpu, learner_group, learner_group, learner_share=0.5, rollout_share=0.4,
+                      weight_sync=weight_sync)
     try:
         rollout_group = placement_group(rollout_bundles, c.placement_strategy, c.start_timeout_s, "rollout engines")
     except BaseException:
         remove(learner_group)
         raise
-    return Layout(use_gpu, learner_group, rollout_group, learner_share=0.75, rollout_share=1.0)
+    return Layout(use_gpu, learner_group, rollout_group, learner_share=0.75, rollout_share=1.0,
+                  weight_sync=weight_sync)

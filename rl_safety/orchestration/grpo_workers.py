@@ -4,6 +4,7 @@ reward workers, with the learner -> vLLM weight sync wired between them."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import uuid
 from pathlib import Path
@@ -14,6 +15,8 @@ from rl_safety.orchestration import cluster
 from rl_safety.orchestration.actor_group import ActorGroup
 from rl_safety.orchestration.engines import start_engines
 from rl_safety.orchestration.reward_pool import start_reward_workers
+
+log = logging.getLogger("rl_safety.grpo")
 
 
 class GRPOWorkers:
@@ -48,7 +51,8 @@ class GRPOWorkers:
             cfg.model.path, ro, c, dtype=cfg.model.dtype, seed=cfg.run.seed, max_model_len=max_model_len,
             use_gpu=use_gpu, placement=layout.rollout_group, share=layout.rollout_share, tag=tag,
             trust_remote_code=cfg.model.trust_remote_code, sleep_mode=c.placement == "colocated",
-            max_lora_rank=cfg.learner.lora.rank if self.adapter_sync else None)
+            max_lora_rank=cfg.learner.lora.rank if self.adapter_sync else None,
+            weight_sync=None if self.adapter_sync else layout.weight_sync)
         n = cfg.learner.num_ranks
         # Learner rank 0 leaves a fifth of its bundle to the reference policy.
         self.groups["learner"] = ActorGroup(
@@ -68,12 +72,17 @@ class GRPOWorkers:
         self.groups["reward"] = start_reward_workers(cfg, tag)
         for role, group in self.groups.items():  # construction errors surface here, naming the group
             group.wait_started(hint=build_lock_hint if role == "learner" else None)
+        sync = "LoRA adapter files" if self.adapter_sync else layout.weight_sync
+        log.info("weight sync learner -> vLLM: %s (cluster.placement=%s on %s)", sync, c.placement,
+                 "GPU" if use_gpu else "CPU")
         if not self.adapter_sync:
-            offsets = [1 + i * ro.tensor_parallel_size for i in range(ro.num_engines)]
-            # gloo binds its own free port (0); NCCL's rendezvous takes the probed one.
-            self.learners.call_all("init_weight_sync", self.rollouts.handles, learner_ip, sync_port if use_gpu else 0,
-                                   1 + ro.devices, offsets, "nccl" if use_gpu else "gloo",
-                                   what="forming the learner -> vLLM weight-sync group")
+            # gloo and NCCL form one group: learner rank 0, then each engine's workers at its
+            # offset; CUDA IPC needs no group. gloo binds its own free port (0); NCCL's
+            # rendezvous takes the probed one.
+            offsets = None if sync == "ipc" else [1 + i * ro.tensor_parallel_size for i in range(ro.num_engines)]
+            self.learners.call_all("init_weight_sync", self.rollouts.handles, learner_ip,
+                                   sync_port if sync == "nccl" else 0, 1 + ro.devices, offsets, sync,
+                                   what=f"setting up the learner -> vLLM weight sync ({sync})")
 
     @property
     def rollouts(self) -> ActorGroup:

@@ -48,9 +48,11 @@ def checked_max_model_len(model_path: str, explicit: int | None, prompt_tokens: 
 class RolloutEngine:
     def __init__(self, model_path: str, engine: EngineSection, *, dtype: str, seed: int, max_model_len: int | None,
                  use_gpu: bool, trust_remote_code: bool = False, sleep_mode: bool = False,
-                 weight_transfer_backend: str = "gloo", max_lora_rank: int | None = None,
+                 weight_sync: str | None = None, max_lora_rank: int | None = None,
                  executor_env: dict[str, str] | None = None) -> None:
-        """`executor_env` (TP > 1, `cluster.engine_placement`): the bundles and GPU share of
+        """`weight_sync`: the weight-transfer backend that receives a learner's weights
+        (`cluster.weight_sync_transport`), None for an engine that only generates.
+        `executor_env` (TP > 1, `cluster.engine_placement`): the bundles and GPU share of
         vLLM's Ray workers; this process then holds no GPU itself."""
         import os
 
@@ -70,6 +72,10 @@ class RolloutEngine:
             # a GPU-less actor may inherit a device list; vLLM's workers pick their own GPUs
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
             os.environ.update(executor_env)
+        if weight_sync == "ipc":
+            # CUDA-IPC handles hold Python objects that vLLM's engine-core channel (this actor
+            # -> its own worker processes, on this node) carries only pickled. Untested on GPU.
+            os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
         register()
         memory: dict[str, Any] = (
             {"gpu_memory_utilization": engine.gpu_memory_utilization} if use_gpu
@@ -85,7 +91,7 @@ class RolloutEngine:
             trust_remote_code=trust_remote_code,
             enable_sleep_mode=self.sleep_mode, enable_prefix_caching=True,
             logprobs_mode="processed_logprobs",
-            weight_transfer_config={"backend": weight_transfer_backend},
+            weight_transfer_config={"backend": weight_sync} if weight_sync else None,
             distributed_executor_backend="ray" if tp > 1 else "uni",
             **({"enable_lora": True, "max_lora_rank": max_lora_rank} if max_lora_rank else {}),
             **memory,

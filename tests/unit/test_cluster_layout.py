@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from rl_safety.config import ConfigError, GRPOConfig, load_config
-from rl_safety.orchestration.cluster import custom_resources_needed, engine_placement, group_bundles
+from rl_safety.orchestration.cluster import (
+    custom_resources_needed,
+    engine_placement,
+    group_bundles,
+    weight_sync_transport,
+)
 
 
 def config(tmp_path, *overrides: str) -> GRPOConfig:
@@ -85,3 +90,23 @@ def test_preflight_accepts_a_layout_that_fits(tmp_path, monkeypatch):
 
     fake_cluster(monkeypatch, CPU=64, GPU=6)
     assert preflight(config(tmp_path, "cluster.device=gpu", "rollout.tensor_parallel_size=2"), "c.yaml") is True
+
+
+@pytest.mark.parametrize("placement,use_gpu,transport", [
+    ("separate", False, "gloo"), ("colocated", False, "gloo"),  # vLLM's own backends need CUDA
+    ("separate", True, "nccl"),  # every rank of the broadcast group on a GPU of its own
+    ("colocated", True, "ipc"),  # learner rank i and engine i share a GPU: NCCL refuses that
+])
+def test_weight_sync_transport_follows_layout_and_device(placement, use_gpu, transport):
+    assert weight_sync_transport(placement, use_gpu) == transport
+
+
+def test_each_transport_has_its_learner_side_init_info():
+    from rl_safety.rollout.weight_transfer import trainer_init_info
+
+    for transport in ("gloo", "nccl", "ipc"):
+        info = trainer_init_info(transport, rank=1, master_address="10.0.0.1", master_port=1234, world_size=3)
+        assert info.backend == transport and info.rank == 1 and not info.is_sender
+    assert trainer_init_info("ipc", rank=0, master_address="", master_port=0, world_size=3).packed  # bounded memory
+    with pytest.raises(ValueError, match="unknown weight-sync backend 'tcp'"):
+        trainer_init_info("tcp", rank=0, master_address="", master_port=0, world_size=3)
