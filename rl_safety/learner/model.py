@@ -188,10 +188,13 @@ class PolicyModel:
 
     def export_hf(self, directory: str) -> None:
         """Hugging Face checkpoint of the policy (LoRA merged) and its tokenizer, written by rank
-        0 into `directory` at once (a temporary directory renamed); a collective under ZeRO-3,
-        so every rank calls it."""
-        state = {name: tensor.cpu() for names, tensors in self.weights().iter_groups()
-                 for name, tensor in zip(names, tensors)}
+        0 into `directory` at once (a temporary directory renamed). Every rank walks the layers
+        (under ZeRO-3 each gather is a collective); only rank 0 keeps a host copy, so the
+        export takes one model's worth of host memory, not one per rank."""
+        state: dict[str, torch.Tensor] = {}
+        for names, tensors in self.weights().iter_groups():
+            if self.rank == 0:
+                state.update((name, tensor.cpu()) for name, tensor in zip(names, tensors))
         if self.rank != 0:
             return
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: I001

@@ -16,7 +16,7 @@ from rl_safety.rollout.vllm_engine import Completion, RolloutEngine
 
 def start_engines(model_path: str, engine: EngineSection, cluster: ClusterSection, *, dtype: str, seed: int,
                   max_model_len: int | None, use_gpu: bool, placement: Any | None = None, share: float = 1.0,
-                  tag: str | None = None, trust_remote_code: bool = False, sleep_mode: bool = False,
+                  tag: str | None = None, trust_remote_code: bool = False, sleep_level: int | None = None,
                   max_lora_rank: int | None = None, weight_sync: str | None = None, name: str | None = None,
                   namespace: str | None = None, what: str = "vLLM rollout engines") -> ActorGroup:
     """`engine.num_engines` RolloutEngine actors (not yet waited for: `wait_started`). With a
@@ -41,7 +41,7 @@ def start_engines(model_path: str, engine: EngineSection, cluster: ClusterSectio
         "rollout", RolloutEngine, engine.num_engines, what=what, options=options, tag=tag, name=name,
         namespace=namespace, start_timeout_s=cluster.start_timeout_s, call_timeout_s=cluster.call_timeout_s,
         kwargs=dict(model_path=model_path, engine=engine, dtype=dtype, max_model_len=max_model_len, use_gpu=use_gpu,
-                    trust_remote_code=trust_remote_code, sleep_mode=sleep_mode, max_lora_rank=max_lora_rank,
+                    trust_remote_code=trust_remote_code, sleep_level=sleep_level, max_lora_rank=max_lora_rank,
                     weight_sync=weight_sync),
         rank_kwargs=engine_kwargs,
     )

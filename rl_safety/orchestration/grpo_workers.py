@@ -37,7 +37,7 @@ class GRPOWorkers:
         from rl_safety.learner.deepspeed_learner import Learner
         from rl_safety.learner.model import build_lock_hint
         from rl_safety.learner.logprobs import ReferencePolicy
-        from rl_safety.rollout.vllm_engine import checked_max_model_len
+        from rl_safety.rollout.vllm_engine import checked_max_model_len, colocated_sleep_level
 
         tag = uuid.uuid4().hex[:6]  # actor names must be unique in the Ray namespace
         c, ro, use_gpu = cfg.cluster, cfg.rollout, layout.use_gpu
@@ -50,7 +50,7 @@ class GRPOWorkers:
         self.groups["rollout"] = start_engines(
             cfg.model.path, ro, c, dtype=cfg.model.dtype, seed=cfg.run.seed, max_model_len=max_model_len,
             use_gpu=use_gpu, placement=layout.rollout_group, share=layout.rollout_share, tag=tag,
-            trust_remote_code=cfg.model.trust_remote_code, sleep_mode=c.placement == "colocated",
+            trust_remote_code=cfg.model.trust_remote_code, sleep_level=colocated_sleep_level(not self.adapter_sync) if c.placement == "colocated" else None,
             max_lora_rank=cfg.learner.lora.rank if self.adapter_sync else None,
             weight_sync=None if self.adapter_sync else layout.weight_sync)
         n = cfg.learner.num_ranks

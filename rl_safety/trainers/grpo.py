@@ -177,6 +177,9 @@ class GRPOTrainer:
         kept: list[RolloutBatch] = []
         flat: list[RolloutBatch] = []
         rounds = 0
+        colocated = self.cfg.cluster.placement == "colocated"
+        if colocated:  # vLLM sleeps while the learner has the devices: from after the last round to here
+            self.workers.rollouts.call_all("wake_up", what="waking the rollout engines")
         while len(kept) < a.prompts_per_step and rounds < (a.max_sampling_rounds if a.dynamic_sampling else 1):
             prompts = [self.prompts[i] for i in self.sampler.take(a.prompts_per_step - len(kept))]
             with timed(timings, "generation"):
@@ -191,6 +194,8 @@ class GRPOTrainer:
             for g, group in enumerate(RolloutBatch(samples, raw, total).split(a.group_size)):
                 (kept if keep[g] else flat).append(group)
             rounds += 1
+        if colocated:  # not between rounds: a sleep that discards the weights waits for the next sync
+            self.workers.rollouts.call_all("sleep", what="putting the rollout engines to sleep")
         stats = {}
         if a.dynamic_sampling:
             filled = max(0, a.prompts_per_step - len(kept))
@@ -199,17 +204,12 @@ class GRPOTrainer:
         return RolloutBatch.join((kept + flat)[: a.prompts_per_step]), stats
 
     def _generate(self, prompts: list[PromptExample], step: int, round_: int) -> list[list[Completion]]:
-        engines, colocated = self.workers.rollouts, self.cfg.cluster.placement == "colocated"
-        if colocated:
-            engines.call_all("wake_up", what="waking the rollout engines")
         seeds = [sample_seed(self.cfg.run.seed, step, round_, p.index) for p in prompts]
-        groups = generate(engines, [p.token_ids for p in prompts], seeds, self.cfg.algorithm.group_size,
+        groups = generate(self.workers.rollouts, [p.token_ids for p in prompts], seeds, self.cfg.algorithm.group_size,
                           self.sampling, what="generating rollouts (vLLM)")
         # cost: all generated tokens, also of groups dynamic sampling drops later
         self.ledger.add_tokens(generated=sum(len(c.token_ids) for g in groups for c in g),
                                prefilled=sum(len(p.token_ids) for p in prompts))
-        if colocated:
-            engines.call_all("sleep", what="putting the rollout engines to sleep")
         return groups
 
     def _score(self, samples: list[Sample]) -> dict[str, list[float | None]]:

@@ -1,6 +1,9 @@
-"""Bundles of the placement groups: one device each, plus the group's custom resources."""
+"""GRPO's layout as pure logic: bundles (one device each, plus custom resources), each engine's
+bundles, the preflight, the weight-sync transport, how a colocated engine sleeps."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 
@@ -110,3 +113,17 @@ def test_each_transport_has_its_learner_side_init_info():
     assert trainer_init_info("ipc", rank=0, master_address="", master_port=0, world_size=3).packed  # bounded memory
     with pytest.raises(ValueError, match="unknown weight-sync backend 'tcp'"):
         trainer_init_info("tcp", rank=0, master_address="", master_port=0, world_size=3)
+
+
+def test_a_colocated_engine_discards_its_weights_only_when_the_sync_rewrites_them_all():
+    from rl_safety.rollout.vllm_engine import RolloutEngine, colocated_sleep_level
+
+    assert colocated_sleep_level(full_weight_sync=True) == 2
+    assert colocated_sleep_level(full_weight_sync=False) == 1  # LoRA adapter sync: the base must survive
+    slept = []
+    engine = RolloutEngine.__new__(RolloutEngine)  # the actor's state without a vLLM engine
+    engine.llm = SimpleNamespace(sleep=lambda level: slept.append(level))
+    engine.sleep_level, engine.asleep = colocated_sleep_level(True), False
+    engine.sleep()
+    engine.sleep()  # asleep already: not twice
+    assert slept == [2] and engine.asleep
