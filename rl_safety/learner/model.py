@@ -192,7 +192,7 @@ class PolicyModel:
         (under ZeRO-3 each gather is a collective); only rank 0 keeps a host copy, so the
         export takes one model's worth of host memory, not one per rank."""
         state: dict[str, torch.Tensor] = {}
-        for names, tensors in self.weights().iter_groups():
+        for names, tensors in self.weights().iter_groups(one_by_one=True):
             if self.rank == 0:
                 state.update((name, tensor.cpu()) for name, tensor in zip(names, tensors))
         if self.rank != 0:
@@ -250,6 +250,7 @@ class PolicyWeights:
                 for n, p in self.params.items()]
 
     def groups(self) -> list[list[str]]:
+        """The weight sync's unit: vLLM's `layerwise_groups`, the receiving side's contract."""
         from vllm.distributed.weight_transfer.base import layerwise_groups
 
         return layerwise_groups(list(self.params))
@@ -257,11 +258,14 @@ class PolicyWeights:
     def held_names(self):
         return None
 
-    def iter_groups(self) -> Iterator[tuple[list[str], list[torch.Tensor]]]:
+    def iter_groups(self, one_by_one: bool = False) -> Iterator[tuple[list[str], list[torch.Tensor]]]:
+        """(names, tensors) per layer group (`groups`), or with `one_by_one` per parameter: what
+        the export reads, which needs no wire grouping and so no vLLM (the GPU check runs it
+        where vLLM is not installed)."""
         import deepspeed
 
         zero3 = self.policy.learner_cfg.zero_stage == 3
-        for names in self.groups():
+        for names in ([[n] for n in self.params] if one_by_one else self.groups()):
             to_gather = [self.params[n] for n in names]
             for n in names:
                 if n in self.lora_layers:
