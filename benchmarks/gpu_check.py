@@ -252,7 +252,8 @@ def check_sft(setup: Setup) -> list[Row]:
     loss_diff = abs(stats["loss"] - nll / count) / (nll / count)
     exported = plain_model(run_dir / "final", "float32", "cpu")
     start = plain_model(setup.model, "float32", "cpu")
-    changed = max(float((a - b).abs().max()) for a, b in zip(exported.state_dict().values(), start.state_dict().values()))
+    changed = max(float((a - b).abs().max())
+                  for a, b in zip(exported.state_dict().values(), start.state_dict().values()))
     return [Row("SFT step: loss vs plain token-mean NLL (rel)", loss_diff, f"<= {SFT_LOSS_BOUND:g}",
                 loss_diff <= SFT_LOSS_BOUND),
             Row("SFT step: export reloaded, weights moved (max |change|)", changed, "> 0", changed > 0)]
