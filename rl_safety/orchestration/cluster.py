@@ -237,7 +237,8 @@ def layout_demand(cfg: GRPOConfig) -> str:
     r = cfg.rollout
     engines = f"rollout.num_engines={r.num_engines} x rollout.tensor_parallel_size={r.tensor_parallel_size}"
     if cfg.cluster.placement == "colocated":
-        return f"learner.num_ranks={cfg.learner.num_ranks} (sharing their devices with {engines}, cluster.placement=colocated)"
+        return (f"learner.num_ranks={cfg.learner.num_ranks} (sharing their devices with {engines}, "
+                "cluster.placement=colocated)")
     return f"learner.num_ranks={cfg.learner.num_ranks} + {engines} (cluster.placement=separate)"
 
 

@@ -50,7 +50,8 @@ class GRPOWorkers:
         self.groups["rollout"] = start_engines(
             cfg.model.path, ro, c, dtype=cfg.model.dtype, seed=cfg.run.seed, max_model_len=max_model_len,
             use_gpu=use_gpu, placement=layout.rollout_group, share=layout.rollout_share, tag=tag,
-            trust_remote_code=cfg.model.trust_remote_code, sleep_level=colocated_sleep_level(not self.adapter_sync) if c.placement == "colocated" else None,
+            trust_remote_code=cfg.model.trust_remote_code,
+            sleep_level=colocated_sleep_level(not self.adapter_sync) if c.placement == "colocated" else None,
             max_lora_rank=cfg.learner.lora.rank if self.adapter_sync else None,
             weight_sync=None if self.adapter_sync else layout.weight_sync)
         n = cfg.learner.num_ranks
