@@ -16,11 +16,11 @@ from rl_safety.orchestration.cluster import (
 )
 
 
-def config(tmp_path, *overrides: str) -> GRPOConfig:
+def config(tmp_path, *overrides: str, base: tuple[str, ...] = ("learner.num_ranks=2", "learner.micro_batch_size=1",
+                                                                  "rollout.num_engines=2")) -> GRPOConfig:
     path = tmp_path / "c.yaml"
-    path.write_text("model: {path: m}\ndata: {train: d.jsonl}\nrewards: [{name: safety}]\n")
-    return load_config(GRPOConfig, path, ["learner.num_ranks=2", "learner.micro_batch_size=1",
-                                          "rollout.num_engines=2", *overrides])
+    path.write_text("model: {path: m}\ndata: {train: d.jsonl}\nrewards: [{name: r}]\n")
+    return load_config(GRPOConfig, path, [*base, *overrides])
 
 
 def test_each_group_gets_its_own_custom_resources(tmp_path):
@@ -72,7 +72,7 @@ def fake_cluster(monkeypatch, **resources):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["rollout.num_engines=2", "rollout.tensor_parallel_size=2"],
+    (["learner.num_ranks=2", "rollout.num_engines=2", "rollout.tensor_parallel_size=2"],
      r"c.yaml: learner.num_ranks=2 \+ rollout.num_engines=2 x rollout.tensor_parallel_size=2 "
      r"\(cluster.placement=separate\) need 6 GPU\(s\) but the Ray cluster has 4"),
     (["rollout.num_engines=1", "rollout.tensor_parallel_size=4", "learner.num_ranks=4", "cluster.placement=colocated"],
@@ -82,7 +82,7 @@ def fake_cluster(monkeypatch, **resources):
 def test_preflight_rejects_engines_that_cannot_be_placed_naming_the_keys(tmp_path, monkeypatch, overrides, message):
     from rl_safety.orchestration.cluster import ClusterError, preflight
 
-    cfg = config(tmp_path, "cluster.device=gpu", *overrides)
+    cfg = config(tmp_path, "cluster.device=gpu", "learner.micro_batch_size=1", *overrides, base=())
     fake_cluster(monkeypatch, CPU=64, GPU=3 if "cluster.placement=colocated" in overrides else 4)
     with pytest.raises(ClusterError, match=message):
         preflight(cfg, "c.yaml")
