@@ -12,7 +12,8 @@ import pytest
 from tests.conftest import REPO
 
 CHECKS = [
-    "logprobs float32: learner vs transformers", "logprobs bfloat16: learner vs transformers",
+    "logprobs float32: learner vs transformers", "logprobs float32: result back on the CPU",
+    "logprobs bfloat16: learner vs transformers", "logprobs bfloat16: result back on the CPU",
     "GRPO update ZeRO-2: grad norm", "GRPO update ZeRO-2: weight change", "GRPO update ZeRO-2: HF export",
     "GRPO update ZeRO-3: grad norm", "GRPO update ZeRO-3: weight change", "GRPO update ZeRO-3: HF export",
     "LoRA: the update moved the policy", "LoRA: merged HF export", "SFT step: loss", "SFT step: export",
