@@ -209,8 +209,20 @@ class Layout:
             remove(group)
 
 
-def bundles_needed(cfg: GRPOConfig) -> int:
-    return cfg.learner.num_ranks + (0 if cfg.cluster.placement == "colocated" else cfg.rollout.devices)
+def reward_judges(cfg: GRPOConfig) -> list[Any]:
+    """The model servers GRPO's rewards call (judge engines, a moderation classifier:
+    `rewards.JudgeDemand`), each counted once. They start on first use, beside the layout's
+    placement groups, and hold devices for the rest of the run."""
+    import rewards
+
+    return rewards.judge_demands([(r.name, r.args) for r in cfg.rewards])
+
+
+def devices_needed(cfg: GRPOConfig) -> int:
+    """The devices a GRPO run holds: its layout's bundles and its rewards' judges (cost.json's
+    device count, so GRPO's device-hours include the judges')."""
+    layout = cfg.learner.num_ranks + (0 if cfg.cluster.placement == "colocated" else cfg.rollout.devices)
+    return layout + sum(judge.devices for judge in reward_judges(cfg))
 
 
 def group_bundles(cfg: GRPOConfig, use_gpu: bool) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
@@ -232,22 +244,28 @@ def custom_resources_needed(cfg: GRPOConfig) -> dict[str, float]:
     return total
 
 
-def layout_demand(cfg: GRPOConfig) -> str:
-    """The devices GRPO's layout takes, in its config keys (for the preflight's message)."""
+def layout_demand(cfg: GRPOConfig, judges: list[Any]) -> str:
+    """The devices GRPO's layout and its rewards' `judges` take, in config keys (for the
+    preflight's message)."""
     r = cfg.rollout
     engines = f"rollout.num_engines={r.num_engines} x rollout.tensor_parallel_size={r.tensor_parallel_size}"
     if cfg.cluster.placement == "colocated":
-        return (f"learner.num_ranks={cfg.learner.num_ranks} (sharing their devices with {engines}, "
-                "cluster.placement=colocated)")
-    return f"learner.num_ranks={cfg.learner.num_ranks} + {engines} (cluster.placement=separate)"
+        demand = (f"learner.num_ranks={cfg.learner.num_ranks} (sharing their devices with {engines}, "
+                  "cluster.placement=colocated)")
+    else:
+        demand = f"learner.num_ranks={cfg.learner.num_ranks} + {engines} (cluster.placement=separate)"
+    return "".join([demand, *(f" + {judge.devices} for the rewards' {judge.what}" for judge in judges)])
 
 
 def preflight(cfg: GRPOConfig, source: str) -> bool:
-    """Check the cluster can place the run, before any actor starts; returns whether to use GPUs."""
+    """Check the cluster can place the run, its rewards' judges included, before any actor
+    starts; returns whether to use GPUs."""
     use_gpu = uses_gpu(cfg.cluster, source)
     learner, rollout = group_bundles(cfg, use_gpu)
-    check_capacity(learner + ([] if cfg.cluster.placement == "colocated" else rollout), use_gpu, source,
-                   layout_demand(cfg))
+    judges = reward_judges(cfg)
+    judge_bundles = device_bundles(sum(judge.devices for judge in judges), use_gpu, {})
+    check_capacity(learner + ([] if cfg.cluster.placement == "colocated" else rollout) + judge_bundles, use_gpu,
+                   source, layout_demand(cfg, judges))
     return use_gpu
 
 

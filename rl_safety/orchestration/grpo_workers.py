@@ -23,7 +23,7 @@ class GRPOWorkers:
     def __init__(self, cfg: GRPOConfig, source: str) -> None:
         self.cfg = cfg
         self.adapter_sync = cfg.learner.lora is not None and cfg.learner.lora.sync == "adapter"
-        cluster.connect(cfg.cluster, cluster.bundles_needed(cfg))
+        cluster.connect(cfg.cluster, cluster.devices_needed(cfg))
         use_gpu = cluster.preflight(cfg, source)  # before any actor exists
         self.groups: dict[str, ActorGroup] = {}
         self.layout = cluster.make_layout(cfg, use_gpu)

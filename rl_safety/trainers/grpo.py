@@ -71,8 +71,10 @@ class GRPOTrainer:
         self.start_step = 0
         log.info("batch plan: %s", cfg.batch_plan())
         self.workers = GRPOWorkers(cfg, source)
-        self.ledger.set_devices("gpu" if self.workers.layout.use_gpu else "cpu", cluster.bundles_needed(cfg))
-        self.run.write_json("placement.json", {"actors": self.workers.placement, "nodes": cluster.nodes()})
+        self.ledger.set_devices("gpu" if self.workers.layout.use_gpu else "cpu", cluster.devices_needed(cfg))
+        judges = [{"what": judge.what, "devices": judge.devices} for judge in cluster.reward_judges(cfg)]
+        self.run.write_json("placement.json", {"actors": self.workers.placement, "judges": judges,
+                                               "nodes": cluster.nodes()})
         for name, where in self.workers.placement.items():
             log.info("%s runs on node %s (%s, pid %d)", name, where["node_id"][:12], where["ip"], where["pid"])
         if resume:

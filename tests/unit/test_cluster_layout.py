@@ -95,6 +95,23 @@ def test_preflight_accepts_a_layout_that_fits(tmp_path, monkeypatch):
     assert preflight(config(tmp_path, "cluster.device=gpu", "rollout.tensor_parallel_size=2"), "c.yaml") is True
 
 
+def test_the_rewards_judges_count_in_the_preflight_and_in_the_devices_the_run_holds(tmp_path, monkeypatch):
+    from rl_safety.orchestration.cluster import ClusterError, devices_needed, preflight
+
+    guard = "rewards=[{name: guard_judge, args: {model: guard, engine: {tensor_parallel_size: 2}}}]"
+    cfg = config(tmp_path, "cluster.device=gpu", "learner.num_ranks=1", "learner.micro_batch_size=1", guard,
+                 base=())
+    assert devices_needed(cfg) == 4  # cost.json's count: a learner, an engine and the judge's two
+    fake_cluster(monkeypatch, CPU=64, GPU=3)
+    message = (r"c.yaml: learner.num_ranks=1 \+ rollout.num_engines=1 x rollout.tensor_parallel_size=1 "
+               r"\(cluster.placement=separate\) \+ 2 for the rewards' judge engines \(guard\) need 4 GPU\(s\) "
+               r"but the Ray cluster has 3")
+    with pytest.raises(ClusterError, match=message):
+        preflight(cfg, "c.yaml")
+    fake_cluster(monkeypatch, CPU=64, GPU=4)
+    assert preflight(cfg, "c.yaml") is True
+
+
 @pytest.mark.parametrize("placement,use_gpu,transport", [
     ("separate", False, "gloo"), ("colocated", False, "gloo"),  # vLLM's own backends need CUDA
     ("separate", True, "nccl"),  # every rank of the broadcast group on a GPU of its own
