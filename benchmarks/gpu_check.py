@@ -1,6 +1,6 @@
 """GPU check: the learner's path on one device, against plain PyTorch / transformers references.
 
-    python benchmarks/gpu_check.py --device cuda    # a lent GPU machine (one H200: about 2 minutes)
+    python benchmarks/gpu_check.py --device cuda    # a lent GPU machine (not yet run on one)
     python benchmarks/gpu_check.py --device cpu     # CI runs this (tests/benchmarks/test_gpu_check.py)
 
 What a GPU machine without vLLM and Ray can run: torch, transformers, peft and DeepSpeed (its
