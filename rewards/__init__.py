@@ -4,10 +4,10 @@
 math-verify, transformers, vLLM and Ray are imported only by the rewards that use them.
 """
 
-from rewards.registry import (RewardError, RewardSetupError, RewardSpec, Scores, check_args, combine, get, load_module,
-                              names, register, score)
+from rewards.registry import (JudgeDemand, RewardError, RewardSetupError, RewardSpec, Scores, check_args, combine,
+                              get, judge_demands, load_module, names, register, score)
 from rewards import helpfulness, judge, moderation, reasoning, safety, shaping, strongreject  # the built-in rewards
 
-__all__ = ["RewardError", "RewardSetupError", "RewardSpec", "Scores", "check_args", "combine", "get", "helpfulness",
-           "judge", "load_module", "moderation", "names", "reasoning", "register", "safety", "score", "shaping",
-           "strongreject"]
+__all__ = ["JudgeDemand", "RewardError", "RewardSetupError", "RewardSpec", "Scores", "check_args", "combine", "get",
+           "helpfulness", "judge", "judge_demands", "load_module", "moderation", "names", "reasoning", "register",
+           "safety", "score", "shaping", "strongreject"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from rewards.judge import JudgeOutputError, check_moved_args, judge_outputs, values_or_abstain
+from rewards.judge import JudgeOutputError, check_moved_args, judge_of, judge_outputs, values_or_abstain
 from rewards.registry import register, require_column
 from rewards.text import parse_labels, responses
 
@@ -45,7 +45,7 @@ def parse_rating(output: str) -> float:
     return (float(found[-1]) - 1) / 9
 
 
-@register("helpfulness_judge")
+@register("helpfulness_judge", judges=judge_of)
 def helpfulness_judge(prompts: list[str], completions: list, label: list | None = None,
                       prompt_opens_think: list | None = None, *, model: str, on_unparseable: str = "raise",
                       max_response_chars: int | None = None, max_new_tokens: int = 16, dtype: str = "auto",

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from rewards.registry import register
+from rewards.registry import JudgeDemand, register
 from rewards.text import full_response, responses
 
 log = logging.getLogger(__name__)
@@ -142,9 +142,9 @@ def check_moved_args(judge: str, kwargs: dict[str, object]) -> None:
         raise ValueError(f"{judge}: arguments moved: {'; '.join(moved)}")
 
 
-def shared_judge(key: list[Any], start: Callable[[str, Any, bool], Any], devices: int) -> Any:
-    """The judge's ActorGroup for this configuration (`key`), shared by every caller in the Ray
-    cluster: started on first use by `start(actor name, cluster section, uses GPU)` (on the
+def shared_judge(demand: JudgeDemand, start: Callable[[str, Any, bool], Any]) -> Any:
+    """The judge's ActorGroup for this configuration (`demand.key`), shared by every caller in the
+    Ray cluster: started on first use by `start(actor name, cluster section, uses GPU)` (on the
     running Ray, `RAY_ADDRESS`'s cluster, or a local one) and found by name afterwards."""
     import ray
 
@@ -152,9 +152,10 @@ def shared_judge(key: list[Any], start: Callable[[str, Any, bool], Any], devices
     from rl_safety.orchestration import cluster
 
     where = ClusterSection(address=os.environ.get("RAY_ADDRESS"))  # never attach to a stranger's Ray
-    cluster.connect(where, devices)
-    use_gpu = cluster.uses_gpu(where, f"judge {key[1]}")
-    name = f"rewards_judge_{hashlib.sha1(json.dumps([*key, use_gpu], sort_keys=True, default=str).encode()).hexdigest()[:12]}"
+    cluster.connect(where, demand.devices)
+    use_gpu = cluster.uses_gpu(where, demand.what)
+    digest = hashlib.sha1(json.dumps([*demand.key, use_gpu], sort_keys=True, default=str).encode()).hexdigest()
+    name = f"rewards_judge_{digest[:12]}"
     # A named actor dies with the last handle of the process that made it: keep the handles for
     # this Ray session, or the judge is torn down (and rebuilt) between calls, racing callers.
     session = (name, ray.get_runtime_context().get_node_id())
@@ -179,6 +180,18 @@ def engine_settings(engine: dict[str, Any] | None) -> Any:
         raise ValueError(f"engine.{'.'.join(map(str, problem['loc']))}: {problem['msg']}") from None
 
 
+def vllm_judge(model: str, engine: dict[str, Any] | None, dtype: str) -> JudgeDemand:
+    """The vLLM engines that serve judge `model` with these settings, as a JudgeDemand."""
+    settings = engine_settings(engine)
+    return JudgeDemand(["vllm", model, dtype, settings.model_dump()], settings.devices, f"judge engines ({model})")
+
+
+def judge_of(args: dict[str, Any]) -> list[JudgeDemand]:
+    """`register(judges=...)` of a reward whose `model`, `engine` and `dtype` arguments configure
+    its judge."""
+    return [vllm_judge(args["model"], args["engine"], args["dtype"])]
+
+
 def judge_engines(model: str, engine: dict[str, Any] | None, dtype: str) -> Any:
     """The vLLM engines (rl-safety's RolloutEngine actors) serving judge `model`; `engine`:
     EngineSection settings (`engine_settings`)."""
@@ -186,11 +199,10 @@ def judge_engines(model: str, engine: dict[str, Any] | None, dtype: str) -> Any:
 
     settings = engine_settings(engine)
     return shared_judge(
-        ["vllm", model, dtype, settings.model_dump()],
+        vllm_judge(model, engine, dtype),
         lambda name, where, use_gpu: start_engines(model, settings, where, dtype=dtype, seed=0,
                                                    max_model_len=settings.max_model_len, use_gpu=use_gpu, name=name,
-                                                   namespace="rewards", what=f"judge engines ({model})"),
-        settings.devices)
+                                                   namespace="rewards", what=f"judge engines ({model})"))
 
 
 def judge_outputs(judge_prompts: list, max_tokens: int, *, model: str, engine: dict[str, Any] | None = None,
@@ -228,6 +240,10 @@ class GuardConfig:
             raise ValueError(f"on_unparseable={self.on_unparseable!r} (raise|abstain)")
         engine_settings(self.engine)
 
+    @property
+    def judge(self) -> JudgeDemand:
+        return vllm_judge(self.model, self.engine, self.dtype)
+
     def verdicts(self, prompts: list[str], responses_: list[str], judge: str = "guard") -> list[Verdict | None]:
         """The guard's parsed verdict on each (prompt, response); None where it abstains (logged
         under `judge`)."""
@@ -263,7 +279,7 @@ def _check_guard_judge(args: dict[str, Any]) -> None:
         raise ValueError(f"view={view!r} (answer|full)")
 
 
-@register("guard_judge", validate=_check_guard_judge)
+@register("guard_judge", validate=_check_guard_judge, judges=judge_of)
 def guard_judge(prompts: list[str], completions: list, prompt_opens_think: list | None = None, *, model: str,
                 format: str = "llama_guard_3", target: str = "harmless", view: str = "answer",
                 on_unparseable: str = "raise", max_response_chars: int | None = None, dtype: str = "auto",
@@ -303,7 +319,7 @@ def p_safe(logprob_safe: float | None, logprob_unsafe: float | None) -> float:
     return math.exp(safe - top) / (math.exp(safe - top) + math.exp(unsafe - top))
 
 
-@register("guard_p_safe")
+@register("guard_p_safe", judges=judge_of)
 def guard_p_safe(prompts: list[str], completions: list, prompt_opens_think: list | None = None, *, model: str,
                  view: str = "full", top_logprobs: int = 20, max_response_chars: int | None = None,
                  dtype: str = "auto", engine: dict[str, Any] | None = None, **columns: object) -> list[float]:

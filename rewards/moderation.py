@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rewards.registry import register
+from rewards.registry import JudgeDemand, register
 
 # safe-rlhf's PROMPT_INPUT (PROMPT_BEGIN + PROMPT_USER + PROMPT_ASSISTANT); the answer follows directly.
 QA_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {question} ASSISTANT:"
@@ -62,22 +62,28 @@ def flagged(probabilities: list[float], threshold: float) -> bool:
     return max(probabilities) > threshold
 
 
+def moderation_demand(model: str, max_length: int, dtype: str) -> JudgeDemand:
+    return JudgeDemand(["moderation", model, max_length, dtype], 1, f"moderation classifier ({model})")
+
+
 def moderation_server(model: str, max_length: int = 256, dtype: str = "auto") -> Any:
     """The ActorGroup of one ModerationServer for this classifier, shared like the guard judges
     (one GPU when the cluster has GPUs)."""
     from rewards.judge import shared_judge
     from rl_safety.orchestration.actor_group import ActorGroup
 
+    demand = moderation_demand(model, max_length, dtype)
+
     def start(name: str, where: Any, use_gpu: bool) -> ActorGroup:
-        return ActorGroup("moderation", ModerationServer, 1, what=f"moderation classifier ({model})", name=name,
+        return ActorGroup("moderation", ModerationServer, 1, what=demand.what, name=name,
                           namespace="rewards", options=lambda rank: {"num_cpus": 1, "num_gpus": int(use_gpu)},
                           kwargs={"model": model, "max_length": max_length, "dtype": dtype},
                           start_timeout_s=where.start_timeout_s, call_timeout_s=where.call_timeout_s)
 
-    return shared_judge(["moderation", model, max_length, dtype], start, devices=1)
+    return shared_judge(demand, start)
 
 
-@register("beaver_dam")
+@register("beaver_dam", judges=lambda args: [moderation_demand(args["model"], args["max_length"], args["dtype"])])
 def beaver_dam(prompts: list[str], completions: list, prompt_opens_think: list | None = None, *,
                model: str = "PKU-Alignment/beaver-dam-7b",
                view: str = "answer", threshold: float = 0.5, max_length: int = 256, max_response_chars: int | None = None,

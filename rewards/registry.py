@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import json
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -26,6 +27,18 @@ from typing import Any, Literal
 RewardFn = Callable[..., Sequence[float | None]]
 _REGISTRY: dict[str, RewardFn] = {}
 _VALIDATORS: dict[str, Callable[[dict[str, Any]], None]] = {}
+_JUDGES: dict[str, Callable[[dict[str, Any]], list["JudgeDemand"]]] = {}
+
+
+@dataclass(frozen=True)
+class JudgeDemand:
+    """A model server a reward calls (a judge's vLLM engines, a moderation classifier): the key
+    it is shared under (`rewards.judge.shared_judge`: one server per key in a Ray cluster), the
+    devices it holds and what it is (for messages and the run's records)."""
+
+    key: list[Any]
+    devices: int
+    what: str
 
 
 class Scores(list):
@@ -48,11 +61,15 @@ class RewardSetupError(ValueError):
     algorithm modules go through the same loader, so their failures are this error too)."""
 
 
-def register(name: str, validate: Callable[[dict[str, Any]], None] | None = None) -> Callable[[RewardFn], RewardFn]:
+def register(name: str, validate: Callable[[dict[str, Any]], None] | None = None,
+             judges: Callable[[dict[str, Any]], list[JudgeDemand]] | None = None) -> Callable[[RewardFn], RewardFn]:
     """Decorator: make `fn` available as `name` in configs. A second, different function under a
     taken name is an error (re-registering the same function, as a re-import does, is not).
     `validate(args)`, if given, checks configured argument values at config load (raises
-    ValueError or TypeError), beyond the names and required arguments `check_args` checks."""
+    ValueError or TypeError), beyond the names and required arguments `check_args` checks.
+    `judges(args)`, if given, names the model servers the reward calls with these arguments
+    (the function's defaults filled in), so that a trainer can count their devices before
+    anything starts (`judge_demands`)."""
 
     def decorator(fn: RewardFn) -> RewardFn:
         if name in _REGISTRY and _REGISTRY[name] is not fn:
@@ -61,6 +78,8 @@ def register(name: str, validate: Callable[[dict[str, Any]], None] | None = None
         _REGISTRY[name] = fn
         if validate is not None:
             _VALIDATORS[name] = validate
+        if judges is not None:
+            _JUDGES[name] = judges
         return fn
 
     return decorator
@@ -96,6 +115,20 @@ def check_args(name: str, args: dict[str, Any]) -> None:
             _VALIDATORS[name](dict(args))
         except (TypeError, ValueError) as err:
             raise RewardSetupError(f"reward {name!r}: {err}") from None
+
+
+def judge_demands(rewards: list[tuple[str, dict[str, Any]]]) -> list[JudgeDemand]:
+    """The distinct model servers that the configured rewards, (name, args) pairs, call: rewards
+    that share one judge (the same key) count it once."""
+    found: dict[str, JudgeDemand] = {}
+    for name, args in rewards:
+        if name not in _JUDGES:
+            continue
+        defaults = {p: v.default for p, v in inspect.signature(_REGISTRY[name]).parameters.items()
+                    if v.default is not v.empty}
+        for demand in _JUDGES[name]({**defaults, **args}):
+            found.setdefault(json.dumps(demand.key, sort_keys=True, default=str), demand)
+    return list(found.values())
 
 
 def names() -> list[str]:

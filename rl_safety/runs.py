@@ -2,7 +2,8 @@
 
     RUN/config.yaml              the resolved config (defaults filled in)
     RUN/metrics.jsonl            one JSON object per step
-    RUN/placement.json           the node (id, IP) and pid of every actor of the last start
+    RUN/placement.json           the node (id, IP) and pid of every actor of the last start; the judges
+                                 the rewards start on first use (what, devices)
     RUN/rollouts/step_N.jsonl    sampled rollouts of step N
     RUN/checkpoints/step_N/      DeepSpeed checkpoint + driver_state.json + manifest.json (complete ones only)
     RUN/final/                   Hugging Face export of the last policy

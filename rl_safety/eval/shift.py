@@ -64,7 +64,7 @@ def measure_shift(model, tokenizer, examples: list[SafetyExample], *, family: st
             input_ids[row, : len(ids)] = torch.tensor(ids)
             mask[row, : len(ids)] = 1
             segments[row, : len(seg)] = torch.tensor(seg)
-        logprobs = sequence_logprobs(model, input_ids.to(device), mask.to(device), 1.0, batch_size).cpu()
+        logprobs = sequence_logprobs(model, input_ids, mask, 1.0, batch_size, device)
         target_segments = segments[:, 1:] * mask[:, 1:]  # padding counts as PROMPT: never scored
         for segment in sums:
             selected = target_segments == segment

@@ -14,7 +14,7 @@ import torch
 from rl_safety.algorithms import grpo_math, losses, registry
 from rl_safety.config.grpo import GRPOConfig
 from rl_safety.learner.logprobs import sequence_logprobs
-from rl_safety.learner.model import PolicyModel
+from rl_safety.learner.model import PolicyModel, to_device
 
 
 class Learner:
@@ -48,7 +48,7 @@ class Learner:
 
     def _logprobs(self, input_ids, attention_mask) -> torch.Tensor:
         return sequence_logprobs(self.engine, input_ids, attention_mask, self.cfg.rollout.temperature,
-                                 self.cfg.learner.micro_batch_size)
+                                 self.cfg.learner.micro_batch_size, self.policy.device)
 
     # ------------------------------------------------------------------------------- update
     def train(self, mini_batches: list[dict[str, Any]]) -> dict[str, float]:
@@ -68,8 +68,8 @@ class Learner:
                 sums["empty_mini_batches"] += 1
                 continue
             for start in range(0, mb["input_ids"].shape[0], micro):
-                part = {k: (v[start : start + micro] if isinstance(v, torch.Tensor) else v)
-                        for k, v in mb.items()}
+                part = to_device({k: (v[start : start + micro] if isinstance(v, torch.Tensor) else v)
+                                  for k, v in mb.items()}, self.policy.device)
                 stats = self._micro_step(part, a)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -95,21 +95,16 @@ class Learner:
 
     # ---------------------------------------------------------------------------- weight sync
     def init_weight_sync(self, rollout_handles: list[Any], master_addr: str, master_port: int,
-                         world_size: int, worker_rank_offsets: list[int], backend: str) -> None:
-        """Join the learner -> vLLM transfer group (rank 0 sends, other ranks only gather)."""
+                         world_size: int, worker_rank_offsets: list[int] | None, backend: str) -> None:
+        """Set up the learner -> vLLM transfer `backend` (`cluster.weight_sync_transport`): rank 0
+        sends, the other ranks join the gathers (and, for CUDA IPC, share their GPU's handles)."""
         from vllm.distributed.weight_transfer import WeightTransferTrainerFactory
 
-        from rl_safety.rollout.weight_transfer import GlooTrainerInitInfo, PerEngineClient, register
+        from rl_safety.rollout.weight_transfer import PerEngineClient, register, trainer_init_info
 
         register()
-        if backend == "gloo":
-            info = GlooTrainerInitInfo(master_address=master_addr, master_port=master_port,
-                                       world_size=world_size, rank=self.rank)
-        else:
-            from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
-
-            info = NCCLTrainerInitInfo(master_address=master_addr, master_port=master_port,
-                                       world_size=world_size, rank=self.rank)
+        info = trainer_init_info(backend, rank=self.rank, master_address=master_addr, master_port=master_port,
+                                 world_size=world_size)
         self.weight_sender = WeightTransferTrainerFactory.trainer_init(
             info, client=PerEngineClient(rollout_handles, worker_rank_offsets),
             source=self.policy.weights(),

@@ -9,35 +9,40 @@ from __future__ import annotations
 import torch
 
 from rl_safety.algorithms.grpo_math import logprobs_from_logits
+from rl_safety.learner.model import to_device
 
 
 def sequence_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      temperature: float, micro_batch_size: int) -> torch.Tensor:
+                      temperature: float, micro_batch_size: int, device: torch.device | str) -> torch.Tensor:
     """Logprobs [B, L-1] of each next token (temperature-scaled, as vLLM's processed logprobs),
-    computed micro-batch by micro-batch."""
+    computed micro-batch by micro-batch on `device` (the model's) and returned on the CPU, where
+    the driver compares them with vLLM's and ships them to the learners."""
     logprobs = []
     for start in range(0, input_ids.shape[0], micro_batch_size):
-        ids = input_ids[start : start + micro_batch_size]
-        mask = attention_mask[start : start + micro_batch_size]
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
-        logprobs.append(logprobs_from_logits(logits, ids[:, 1:], temperature))
-    return torch.cat(logprobs)
+        part = to_device({"input_ids": input_ids[start : start + micro_batch_size],
+                          "attention_mask": attention_mask[start : start + micro_batch_size]}, device)
+        logits = model(**part, use_cache=False).logits[:, :-1].float()
+        logprobs.append(logprobs_from_logits(logits, part["input_ids"][:, 1:], temperature))
+    return torch.cat(logprobs).cpu()
 
 
 class ReferencePolicy:
     """The frozen starting policy, for the KL penalty. A plain class; GRPO runs it as a Ray actor."""
 
     def __init__(self, model_path: str, dtype: str, temperature: float, micro_batch_size: int,
-                 trust_remote_code: bool = False) -> None:
+                 device: str, trust_remote_code: bool = False) -> None:
+        """`device`: "cuda" on GPU (the device Ray gave this actor is its cuda:0), else "cpu"."""
         from transformers import AutoModelForCausalLM
 
+        self.device = torch.device(device)
         self.model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
-        ).eval()
+        ).to(self.device).eval()
         self.model.requires_grad_(False)
         self.temperature = temperature
         self.micro_batch_size = micro_batch_size
 
     @torch.no_grad()
     def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return sequence_logprobs(self.model, input_ids, attention_mask, self.temperature, self.micro_batch_size)
+        return sequence_logprobs(self.model, input_ids, attention_mask, self.temperature, self.micro_batch_size,
+                                 self.device)

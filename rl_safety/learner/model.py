@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,14 @@ def build_lock_hint() -> str:
                 "killed build left them and every later build waits: remove them)")
     return (f"; if a learner hangs in a DeepSpeed/torch extension build, look for a stale `lock` file under "
             f"{root} (or $TORCH_EXTENSIONS_DIR) on its node")
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """`batch` with every tensor on `device`, other values as they are: the one place where data
+    the driver built (on its CPU, shipped through Ray) moves to the device of the module it
+    enters. DeepSpeed's and Hugging Face's `forward` leave inputs where they are, so a CPU batch
+    would meet GPU weights."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def load_model(model: ModelSection, learner: LearnerSection, seed: int) -> torch.nn.Module:
@@ -141,6 +149,12 @@ class PolicyModel:
     def module(self) -> torch.nn.Module:
         return self.engine.module
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model computes (DeepSpeed's device for this rank: cuda:0 of the GPU Ray
+        gave the actor, or cpu): every batch is moved here (`to_device`) before its forward."""
+        return torch.device(self.engine.device)
+
     # ------------------------------------------------------------------------------- update
     def backward_step(self, loss: torch.Tensor) -> None:
         """Backward and (at an accumulation boundary) optimizer step for a loss that is already
@@ -174,10 +188,13 @@ class PolicyModel:
 
     def export_hf(self, directory: str) -> None:
         """Hugging Face checkpoint of the policy (LoRA merged) and its tokenizer, written by rank
-        0 into `directory` at once (a temporary directory renamed); a collective under ZeRO-3,
-        so every rank calls it."""
-        state = {name: tensor.cpu() for names, tensors in self.weights().iter_groups()
-                 for name, tensor in zip(names, tensors)}
+        0 into `directory` at once (a temporary directory renamed). Every rank walks the layers
+        (under ZeRO-3 each gather is a collective); only rank 0 keeps a host copy, so the
+        export takes one model's worth of host memory, not one per rank."""
+        state: dict[str, torch.Tensor] = {}
+        for names, tensors in self.weights().iter_groups(one_by_one=True):
+            if self.rank == 0:
+                state.update((name, tensor.cpu()) for name, tensor in zip(names, tensors))
         if self.rank != 0:
             return
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: I001
@@ -233,6 +250,7 @@ class PolicyWeights:
                 for n, p in self.params.items()]
 
     def groups(self) -> list[list[str]]:
+        """The weight sync's unit: vLLM's `layerwise_groups`, the receiving side's contract."""
         from vllm.distributed.weight_transfer.base import layerwise_groups
 
         return layerwise_groups(list(self.params))
@@ -240,11 +258,14 @@ class PolicyWeights:
     def held_names(self):
         return None
 
-    def iter_groups(self) -> Iterator[tuple[list[str], list[torch.Tensor]]]:
+    def iter_groups(self, one_by_one: bool = False) -> Iterator[tuple[list[str], list[torch.Tensor]]]:
+        """(names, tensors) per layer group (`groups`), or with `one_by_one` per parameter: what
+        the export reads, which needs no wire grouping and so no vLLM (the GPU check runs it
+        where vLLM is not installed)."""
         import deepspeed
 
         zero3 = self.policy.learner_cfg.zero_stage == 3
-        for names in self.groups():
+        for names in ([[n] for n in self.params] if one_by_one else self.groups()):
             to_gather = [self.params[n] for n in names]
             for n in names:
                 if n in self.lora_layers:

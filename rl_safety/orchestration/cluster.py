@@ -6,7 +6,7 @@ eval, the judges, the toy table) attaches to `cluster.address` or starts a local
 Placement: one bundle = one device ({"CPU": 1} on CPU; {"GPU": 1, "CPU": 1} on GPU), plus the
 group's custom resources (`cluster.learner_resources` / `rollout_resources`), which pin a group to
 the nodes that declare them. Learner rank i takes bundle i of the learner group; rollout engine i
-takes the bundles `engine_bundles(i, tensor_parallel_size)`. GRPO's two layouts: *separate*
+takes the bundles `engine_placement(i, ...)` names. GRPO's two layouts: *separate*
 (rollout engines get a placement group of their own) and *colocated* (rollout engine i shares
 bundle i with learner rank i; vLLM sleeps while the learner trains, on GPU).
 `cluster.placement_strategy` spreads or packs each group's bundles over the nodes.
@@ -55,10 +55,28 @@ def device_bundles(count: int, use_gpu: bool, resources: dict[str, float]) -> li
     return [_add({"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1}, resources)] * count
 
 
-def engine_bundles(engine: int, tensor_parallel_size: int) -> list[int]:
-    """The bundle indices rollout engine `engine` holds in its placement group, one per
-    tensor-parallel rank; its actor sits in the first."""
-    return list(range(engine * tensor_parallel_size, (engine + 1) * tensor_parallel_size))
+@dataclass(frozen=True)
+class EnginePlacement:
+    """Where rollout engine i goes in its placement group."""
+
+    bundles: list[int]  # one per tensor-parallel rank; the engine actor sits in the first
+    actor_holds_device: bool  # TP 1: the engine computes in its own process, on its bundle's GPU
+    executor_env: dict[str, str]  # TP > 1: where vLLM's Ray executor puts the engine's workers
+
+
+def engine_placement(engine: int, tensor_parallel_size: int, share: float) -> EnginePlacement:
+    """Engine `engine`'s bundles: `tensor_parallel_size` consecutive ones, disjoint from every
+    other engine's. With TP > 1 vLLM starts one Ray worker per rank in the engine's placement
+    group and, unless told otherwise, takes "the first N bundles with a GPU" -- the same bundles
+    for every engine. `VLLM_RAY_BUNDLE_INDICES` names the engine's own (as OpenRLHF does), and
+    `VLLM_RAY_PER_WORKER_GPUS` asks for `share` of each, the share the layout gives rollout
+    workers (all of a GPU when separate, part of it when colocated with a learner). The engine
+    actor then holds no GPU itself: its workers hold them."""
+    bundles = list(range(engine * tensor_parallel_size, (engine + 1) * tensor_parallel_size))
+    if tensor_parallel_size == 1:
+        return EnginePlacement(bundles, actor_holds_device=True, executor_env={})
+    return EnginePlacement(bundles, actor_holds_device=False, executor_env={
+        "VLLM_RAY_BUNDLE_INDICES": ",".join(map(str, bundles)), "VLLM_RAY_PER_WORKER_GPUS": f"{share:g}"})
 
 
 def check_capacity(bundles: list[dict[str, float]], use_gpu: bool, source: str, needs: str) -> None:
@@ -70,7 +88,7 @@ def check_capacity(bundles: list[dict[str, float]], use_gpu: bool, source: str, 
     kind = "GPU" if use_gpu else "CPU"
     have = int(resources.get(kind, 0))
     if len(bundles) > have:
-        raise ClusterError(f"{source}: {needs} take {len(bundles)} {kind}(s) but the cluster has {have}")
+        raise ClusterError(f"{source}: {needs} need {len(bundles)} {kind}(s) but the Ray cluster has {have}")
     total: dict[str, float] = {}
     for bundle in bundles:
         total = _add(total, {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")})
@@ -162,6 +180,21 @@ def _add(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- GRPO's layout
+def weight_sync_transport(placement: str, use_gpu: bool) -> str:
+    """How full weights travel from the learner to vLLM, by layout and device (the one place
+    this is chosen; vLLM's weight-transfer backends and rl-safety's gloo one):
+
+    - CPU: "gloo" (`rl_safety.rollout.weight_transfer`): vLLM's own backends need CUDA.
+    - GPU, separate: "nccl", one broadcast group of learner rank 0 and every engine worker,
+      each on a GPU of its own.
+    - GPU, colocated: "ipc". Learner rank i and engine worker i share a GPU, and NCCL refuses
+      two ranks of one communicator on one device; vLLM's CUDA-IPC backend instead hands each
+      worker handles to the learner's tensors on its own GPU."""
+    if not use_gpu:
+        return "gloo"
+    return "ipc" if placement == "colocated" else "nccl"
+
+
 @dataclass
 class Layout:
     use_gpu: bool
@@ -169,14 +202,27 @@ class Layout:
     rollout_group: Any  # PlacementGroup (the learner one when colocated)
     learner_share: float  # fraction of a bundle each actor asks for
     rollout_share: float
+    weight_sync: str  # `weight_sync_transport` of this layout
 
     def remove(self) -> None:
         for group in {id(g): g for g in (self.learner_group, self.rollout_group)}.values():
             remove(group)
 
 
-def bundles_needed(cfg: GRPOConfig) -> int:
-    return cfg.learner.num_ranks + (0 if cfg.cluster.placement == "colocated" else cfg.rollout.devices)
+def reward_judges(cfg: GRPOConfig) -> list[Any]:
+    """The model servers GRPO's rewards call (judge engines, a moderation classifier:
+    `rewards.JudgeDemand`), each counted once. They start on first use, beside the layout's
+    placement groups, and hold devices for the rest of the run."""
+    import rewards
+
+    return rewards.judge_demands([(r.name, r.args) for r in cfg.rewards])
+
+
+def devices_needed(cfg: GRPOConfig) -> int:
+    """The devices a GRPO run holds: its layout's bundles and its rewards' judges (cost.json's
+    device count, so GRPO's device-hours include the judges')."""
+    layout = cfg.learner.num_ranks + (0 if cfg.cluster.placement == "colocated" else cfg.rollout.devices)
+    return layout + sum(judge.devices for judge in reward_judges(cfg))
 
 
 def group_bundles(cfg: GRPOConfig, use_gpu: bool) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
@@ -198,19 +244,28 @@ def custom_resources_needed(cfg: GRPOConfig) -> dict[str, float]:
     return total
 
 
-def preflight(cfg: GRPOConfig, source: str) -> bool:
-    """Check the cluster can place the run; returns whether to use GPUs."""
-    import ray
+def layout_demand(cfg: GRPOConfig, judges: list[Any]) -> str:
+    """The devices GRPO's layout and its rewards' `judges` take, in config keys (for the
+    preflight's message)."""
+    r = cfg.rollout
+    engines = f"rollout.num_engines={r.num_engines} x rollout.tensor_parallel_size={r.tensor_parallel_size}"
+    if cfg.cluster.placement == "colocated":
+        demand = (f"learner.num_ranks={cfg.learner.num_ranks} (sharing their devices with {engines}, "
+                  "cluster.placement=colocated)")
+    else:
+        demand = f"learner.num_ranks={cfg.learner.num_ranks} + {engines} (cluster.placement=separate)"
+    return "".join([demand, *(f" + {judge.devices} for the rewards' {judge.what}" for judge in judges)])
 
+
+def preflight(cfg: GRPOConfig, source: str) -> bool:
+    """Check the cluster can place the run, its rewards' judges included, before any actor
+    starts; returns whether to use GPUs."""
     use_gpu = uses_gpu(cfg.cluster, source)
-    kind = "GPU" if use_gpu else "CPU"
-    have = int(ray.cluster_resources().get(kind, 0))
-    if cfg.learner.num_ranks > have:
-        raise ClusterError(f"{source}: learner.num_ranks={cfg.learner.num_ranks} but the Ray cluster has only "
-                           f"{have} {kind}(s)")
     learner, rollout = group_bundles(cfg, use_gpu)
-    check_capacity(learner + ([] if cfg.cluster.placement == "colocated" else rollout), use_gpu, source,
-                   f"the {cfg.cluster.placement} layout ({cfg.learner.num_ranks} learner ranks + rollout workers)")
+    judges = reward_judges(cfg)
+    judge_bundles = device_bundles(sum(judge.devices for judge in judges), use_gpu, {})
+    check_capacity(learner + ([] if cfg.cluster.placement == "colocated" else rollout) + judge_bundles, use_gpu,
+                   source, layout_demand(cfg, judges))
     return use_gpu
 
 
@@ -218,11 +273,14 @@ def make_layout(cfg: GRPOConfig, use_gpu: bool) -> Layout:
     c = cfg.cluster
     learner_bundles, rollout_bundles = group_bundles(cfg, use_gpu)
     learner_group = placement_group(learner_bundles, c.placement_strategy, c.start_timeout_s, "learner ranks")
+    weight_sync = weight_sync_transport(c.placement, use_gpu)
     if c.placement == "colocated":
-        return Layout(use_gpu, learner_group, learner_group, learner_share=0.5, rollout_share=0.4)
+        return Layout(use_gpu, learner_group, learner_group, learner_share=0.5, rollout_share=0.4,
+                      weight_sync=weight_sync)
     try:
         rollout_group = placement_group(rollout_bundles, c.placement_strategy, c.start_timeout_s, "rollout engines")
     except BaseException:
         remove(learner_group)
         raise
-    return Layout(use_gpu, learner_group, rollout_group, learner_share=0.75, rollout_share=1.0)
+    return Layout(use_gpu, learner_group, rollout_group, learner_share=0.75, rollout_share=1.0,
+                  weight_sync=weight_sync)

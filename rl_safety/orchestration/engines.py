@@ -16,27 +16,34 @@ from rl_safety.rollout.vllm_engine import Completion, RolloutEngine
 
 def start_engines(model_path: str, engine: EngineSection, cluster: ClusterSection, *, dtype: str, seed: int,
                   max_model_len: int | None, use_gpu: bool, placement: Any | None = None, share: float = 1.0,
-                  tag: str | None = None, trust_remote_code: bool = False, sleep_mode: bool = False,
-                  max_lora_rank: int | None = None, name: str | None = None, namespace: str | None = None,
-                  what: str = "vLLM rollout engines") -> ActorGroup:
+                  tag: str | None = None, trust_remote_code: bool = False, sleep_level: int | None = None,
+                  max_lora_rank: int | None = None, weight_sync: str | None = None, name: str | None = None,
+                  namespace: str | None = None, what: str = "vLLM rollout engines") -> ActorGroup:
     """`engine.num_engines` RolloutEngine actors (not yet waited for: `wait_started`). With a
-    placement group, engine i sits in its first bundle (`cluster.engine_bundles`) using `share`
-    of it; without one it asks for a CPU, and a GPU when it runs on one alone (tensor parallelism
-    lets vLLM's Ray executor place its workers)."""
+    placement group, engine i sits in its own bundles (`cluster.engine_placement`) using `share`
+    of each; without one it asks for a CPU, and a GPU when it runs on one alone (tensor
+    parallelism lets vLLM's Ray executor place its workers). `weight_sync`: the backend that
+    receives a learner's weights (`cluster.weight_sync_transport`); None for engines that only
+    generate."""
     tp = engine.tensor_parallel_size
 
     def options(i: int) -> dict[str, Any]:
         if placement is not None:
-            return ray_cluster.in_bundle(placement, ray_cluster.engine_bundles(i, tp)[0], share, use_gpu)
+            where = ray_cluster.engine_placement(i, tp, share)
+            return ray_cluster.in_bundle(placement, where.bundles[0], share, use_gpu and where.actor_holds_device)
         return {"num_cpus": 1, "num_gpus": 1 if use_gpu and tp == 1 else 0}
+
+    def engine_kwargs(i: int) -> dict[str, Any]:
+        executor_env = ray_cluster.engine_placement(i, tp, share).executor_env if placement is not None else {}
+        return {"seed": actor_seed(seed, i), "executor_env": executor_env}
 
     return ActorGroup(
         "rollout", RolloutEngine, engine.num_engines, what=what, options=options, tag=tag, name=name,
         namespace=namespace, start_timeout_s=cluster.start_timeout_s, call_timeout_s=cluster.call_timeout_s,
         kwargs=dict(model_path=model_path, engine=engine, dtype=dtype, max_model_len=max_model_len, use_gpu=use_gpu,
-                    trust_remote_code=trust_remote_code, sleep_mode=sleep_mode, max_lora_rank=max_lora_rank,
-                    weight_transfer_backend="nccl" if use_gpu else "gloo"),
-        rank_kwargs=lambda i: {"seed": actor_seed(seed, i)},
+                    trust_remote_code=trust_remote_code, sleep_level=sleep_level, max_lora_rank=max_lora_rank,
+                    weight_sync=weight_sync),
+        rank_kwargs=engine_kwargs,
     )
 
 

@@ -4,6 +4,7 @@ reward workers, with the learner -> vLLM weight sync wired between them."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import uuid
 from pathlib import Path
@@ -15,12 +16,14 @@ from rl_safety.orchestration.actor_group import ActorGroup
 from rl_safety.orchestration.engines import start_engines
 from rl_safety.orchestration.reward_pool import start_reward_workers
 
+log = logging.getLogger("rl_safety.grpo")
+
 
 class GRPOWorkers:
     def __init__(self, cfg: GRPOConfig, source: str) -> None:
         self.cfg = cfg
         self.adapter_sync = cfg.learner.lora is not None and cfg.learner.lora.sync == "adapter"
-        cluster.connect(cfg.cluster, cluster.bundles_needed(cfg))
+        cluster.connect(cfg.cluster, cluster.devices_needed(cfg))
         use_gpu = cluster.preflight(cfg, source)  # before any actor exists
         self.groups: dict[str, ActorGroup] = {}
         self.layout = cluster.make_layout(cfg, use_gpu)
@@ -34,7 +37,7 @@ class GRPOWorkers:
         from rl_safety.learner.deepspeed_learner import Learner
         from rl_safety.learner.model import build_lock_hint
         from rl_safety.learner.logprobs import ReferencePolicy
-        from rl_safety.rollout.vllm_engine import checked_max_model_len
+        from rl_safety.rollout.vllm_engine import checked_max_model_len, colocated_sleep_level
 
         tag = uuid.uuid4().hex[:6]  # actor names must be unique in the Ray namespace
         c, ro, use_gpu = cfg.cluster, cfg.rollout, layout.use_gpu
@@ -47,8 +50,10 @@ class GRPOWorkers:
         self.groups["rollout"] = start_engines(
             cfg.model.path, ro, c, dtype=cfg.model.dtype, seed=cfg.run.seed, max_model_len=max_model_len,
             use_gpu=use_gpu, placement=layout.rollout_group, share=layout.rollout_share, tag=tag,
-            trust_remote_code=cfg.model.trust_remote_code, sleep_mode=c.placement == "colocated",
-            max_lora_rank=cfg.learner.lora.rank if self.adapter_sync else None)
+            trust_remote_code=cfg.model.trust_remote_code,
+            sleep_level=colocated_sleep_level(not self.adapter_sync) if c.placement == "colocated" else None,
+            max_lora_rank=cfg.learner.lora.rank if self.adapter_sync else None,
+            weight_sync=None if self.adapter_sync else layout.weight_sync)
         n = cfg.learner.num_ranks
         # Learner rank 0 leaves a fifth of its bundle to the reference policy.
         self.groups["learner"] = ActorGroup(
@@ -63,17 +68,22 @@ class GRPOWorkers:
                 "reference", ReferencePolicy, 1, what="reference policy", tag=tag, **timeouts,
                 options=lambda r: cluster.in_bundle(layout.learner_group, 0, layout.learner_share * 0.2, use_gpu),
                 kwargs=dict(model_path=cfg.model.path, dtype=cfg.model.dtype, temperature=ro.temperature,
-                            micro_batch_size=cfg.learner.micro_batch_size,
+                            micro_batch_size=cfg.learner.micro_batch_size, device="cuda" if use_gpu else "cpu",
                             trust_remote_code=cfg.model.trust_remote_code))
         self.groups["reward"] = start_reward_workers(cfg, tag)
         for role, group in self.groups.items():  # construction errors surface here, naming the group
             group.wait_started(hint=build_lock_hint if role == "learner" else None)
+        sync = "LoRA adapter files" if self.adapter_sync else layout.weight_sync
+        log.info("weight sync learner -> vLLM: %s (cluster.placement=%s on %s)", sync, c.placement,
+                 "GPU" if use_gpu else "CPU")
         if not self.adapter_sync:
-            offsets = [1 + i * ro.tensor_parallel_size for i in range(ro.num_engines)]
-            # gloo binds its own free port (0); NCCL's rendezvous takes the probed one.
-            self.learners.call_all("init_weight_sync", self.rollouts.handles, learner_ip, sync_port if use_gpu else 0,
-                                   1 + ro.devices, offsets, "nccl" if use_gpu else "gloo",
-                                   what="forming the learner -> vLLM weight-sync group")
+            # gloo and NCCL form one group: learner rank 0, then each engine's workers at its
+            # offset; CUDA IPC needs no group. gloo binds its own free port (0); NCCL's
+            # rendezvous takes the probed one.
+            offsets = None if sync == "ipc" else [1 + i * ro.tensor_parallel_size for i in range(ro.num_engines)]
+            self.learners.call_all("init_weight_sync", self.rollouts.handles, learner_ip,
+                                   sync_port if sync == "nccl" else 0, 1 + ro.devices, offsets, sync,
+                                   what=f"setting up the learner -> vLLM weight sync ({sync})")
 
     @property
     def rollouts(self) -> ActorGroup:

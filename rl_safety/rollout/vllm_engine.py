@@ -45,10 +45,25 @@ def checked_max_model_len(model_path: str, explicit: int | None, prompt_tokens: 
     return max_model_len
 
 
+def colocated_sleep_level(full_weight_sync: bool) -> int:
+    """How a colocated engine sleeps while the learner trains. Level 1 copies the weights to host
+    memory and back; level 2 discards them, which is right only when the next weight sync
+    rewrites every weight (full-weight sync). A LoRA adapter sync changes only the adapter: the
+    base weights must survive the sleep (level 1)."""
+    return 2 if full_weight_sync else 1
+
+
 class RolloutEngine:
     def __init__(self, model_path: str, engine: EngineSection, *, dtype: str, seed: int, max_model_len: int | None,
-                 use_gpu: bool, trust_remote_code: bool = False, sleep_mode: bool = False,
-                 weight_transfer_backend: str = "gloo", max_lora_rank: int | None = None) -> None:
+                 use_gpu: bool, trust_remote_code: bool = False, sleep_level: int | None = None,
+                 weight_sync: str | None = None, max_lora_rank: int | None = None,
+                 executor_env: dict[str, str] | None = None) -> None:
+        """`weight_sync`: the weight-transfer backend that receives a learner's weights
+        (`cluster.weight_sync_transport`), None for an engine that only generates.
+        `executor_env` (TP > 1, `cluster.engine_placement`): the bundles and GPU share of
+        vLLM's Ray workers; this process then holds no GPU itself. `sleep_level` (GPU only:
+        vLLM's CPU worker has no sleep mode): what `sleep` does with the weights, see
+        `colocated_sleep_level`; None: the engine never sleeps."""
         import os
 
         tp = engine.tensor_parallel_size
@@ -63,6 +78,14 @@ class RolloutEngine:
 
         from rl_safety.rollout.weight_transfer import register
 
+        if executor_env:
+            # a GPU-less actor may inherit a device list; vLLM's workers pick their own GPUs
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            os.environ.update(executor_env)
+        if weight_sync == "ipc":
+            # CUDA-IPC handles hold Python objects that vLLM's engine-core channel (this actor
+            # -> its own worker processes, on this node) carries only pickled. Untested on GPU.
+            os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
         register()
         memory: dict[str, Any] = (
             {"gpu_memory_utilization": engine.gpu_memory_utilization} if use_gpu
@@ -71,14 +94,14 @@ class RolloutEngine:
             # offset"): with per-request seeds, a large batch crashes unless prefill is whole.
             else {"kv_cache_memory_bytes": engine.kv_cache_memory_mb << 20, "enable_chunked_prefill": False}
         )
-        self.sleep_mode = sleep_mode and use_gpu  # vLLM's CPU worker has no sleep mode
+        self.sleep_level = sleep_level if use_gpu else None
         self.llm = LLM(
             model=model_path, dtype=dtype, seed=seed, tensor_parallel_size=tp,
             max_model_len=max_model_len, enforce_eager=engine.enforce_eager, max_logprobs=engine.max_logprobs,
             trust_remote_code=trust_remote_code,
-            enable_sleep_mode=self.sleep_mode, enable_prefix_caching=True,
+            enable_sleep_mode=self.sleep_level is not None, enable_prefix_caching=True,
             logprobs_mode="processed_logprobs",
-            weight_transfer_config={"backend": weight_transfer_backend},
+            weight_transfer_config={"backend": weight_sync} if weight_sync else None,
             distributed_executor_backend="ray" if tp > 1 else "uni",
             **({"enable_lora": True, "max_lora_rank": max_lora_rank} if max_lora_rank else {}),
             **memory,
@@ -175,11 +198,11 @@ class RolloutEngine:
 
     # ------------------------------------------------------------------- colocation (GPU only)
     def sleep(self) -> None:
-        if self.sleep_mode and not self.asleep:
-            self.llm.sleep(level=1)
+        if self.sleep_level is not None and not self.asleep:
+            self.llm.sleep(level=self.sleep_level)
             self.asleep = True
 
     def wake_up(self) -> None:
-        if self.sleep_mode and self.asleep:
+        if self.sleep_level is not None and self.asleep:
             self.llm.wake_up()
             self.asleep = False

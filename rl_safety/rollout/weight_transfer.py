@@ -271,14 +271,35 @@ def _checked_groups(
         raise ValueError(f"weight source produced {produced} of {len(expected_groups)} groups")
 
 
+def trainer_init_info(backend: str, *, rank: int, master_address: str, master_port: int,
+                      world_size: int) -> TrainerInitInfo:
+    """The learner rank's init info for `backend` (`cluster.weight_sync_transport`): a group
+    rendezvous for gloo and NCCL; none for CUDA IPC, whose transfers are packed into bounded
+    buffers (unpacked, every rank would hold a second full copy of the model until the sync ends)."""
+    if backend == BACKEND:
+        return GlooTrainerInitInfo(master_address=master_address, master_port=master_port, world_size=world_size,
+                                   rank=rank)
+    if backend == "nccl":
+        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
+
+        return NCCLTrainerInitInfo(master_address=master_address, master_port=master_port, world_size=world_size,
+                                   rank=rank)
+    if backend == "ipc":
+        from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
+
+        return IPCTrainerInitInfo(rank=rank, packed=True)
+    raise ValueError(f"unknown weight-sync backend {backend!r} (gloo, nccl, ipc)")
+
+
 class PerEngineClient:
-    """`VLLMWeightSyncClient` over rollout Ray actors, for the gloo and the NCCL engines alike.
+    """`VLLMWeightSyncClient` over rollout Ray actors, for every backend.
 
     vLLM's trainer engines address a single inference deployment (its workers at rank_offset 1).
-    With several independent engines in one transfer group, engine i's workers must start at
-    their own offset: `rank_offsets[i]` (1 + i x tensor_parallel_size)."""
+    With several independent engines in one transfer group (gloo, NCCL), engine i's workers must
+    start at their own offset: `rank_offsets[i]` (1 + i x tensor_parallel_size). CUDA IPC has no
+    group (None): every engine gets the same handles and each worker opens its own GPU's."""
 
-    def __init__(self, handles: list[Any], rank_offsets: list[int]) -> None:
+    def __init__(self, handles: list[Any], rank_offsets: list[int] | None) -> None:
         self.handles = handles
         self.rank_offsets = rank_offsets
 
@@ -290,6 +311,9 @@ class PerEngineClient:
     def init_weight_transfer_engine(self, init_info: dict) -> None:
         import ray
 
+        if self.rank_offsets is None:
+            self._all("init_weight_transfer_engine", init_info)
+            return
         ray.get([
             handle.init_weight_transfer_engine.remote({**init_info, "rank_offset": offset})
             for handle, offset in zip(self.handles, self.rank_offsets, strict=True)

@@ -71,8 +71,10 @@ class GRPOTrainer:
         self.start_step = 0
         log.info("batch plan: %s", cfg.batch_plan())
         self.workers = GRPOWorkers(cfg, source)
-        self.ledger.set_devices("gpu" if self.workers.layout.use_gpu else "cpu", cluster.bundles_needed(cfg))
-        self.run.write_json("placement.json", {"actors": self.workers.placement, "nodes": cluster.nodes()})
+        self.ledger.set_devices("gpu" if self.workers.layout.use_gpu else "cpu", cluster.devices_needed(cfg))
+        judges = [{"what": judge.what, "devices": judge.devices} for judge in cluster.reward_judges(cfg)]
+        self.run.write_json("placement.json", {"actors": self.workers.placement, "judges": judges,
+                                               "nodes": cluster.nodes()})
         for name, where in self.workers.placement.items():
             log.info("%s runs on node %s (%s, pid %d)", name, where["node_id"][:12], where["ip"], where["pid"])
         if resume:
@@ -192,6 +194,9 @@ class GRPOTrainer:
         kept: list[RolloutBatch] = []
         flat: list[RolloutBatch] = []
         rounds = 0
+        colocated = self.cfg.cluster.placement == "colocated"
+        if colocated:  # vLLM sleeps while the learner has the devices: from after the last round to here
+            self.workers.rollouts.call_all("wake_up", what="waking the rollout engines")
         while len(kept) < a.prompts_per_step and rounds < (a.max_sampling_rounds if a.dynamic_sampling else 1):
             prompts = [self.prompts[i] for i in self.sampler.take(per_round)]
             with timed(timings, "generation"):
@@ -212,6 +217,8 @@ class GRPOTrainer:
             for g, group in enumerate(RolloutBatch(samples, raw, total + penalty, penalty).split(a.group_size)):
                 (kept if keep[g] else flat).append(group)
             rounds += 1
+        if colocated:  # not between rounds: a sleep that discards the weights waits for the next sync
+            self.workers.rollouts.call_all("sleep", what="putting the rollout engines to sleep")
         groups, counts = grpo_math.fill_batch(
             kept, flat, a.prompts_per_step, a.dynamic_sampling_shortfall,
             context=f"step {step}, after {rounds} sampling round(s) of {per_round} prompts: ")
@@ -226,17 +233,12 @@ class GRPOTrainer:
         return RolloutBatch.join(groups), stats
 
     def _generate(self, prompts: list[PromptExample], step: int, round_: int) -> list[list[Completion]]:
-        engines, colocated = self.workers.rollouts, self.cfg.cluster.placement == "colocated"
-        if colocated:
-            engines.call_all("wake_up", what="waking the rollout engines")
         seeds = [sample_seed(self.cfg.run.seed, step, round_, p.index) for p in prompts]
-        groups = generate(engines, [p.token_ids for p in prompts], seeds, self.cfg.algorithm.group_size,
+        groups = generate(self.workers.rollouts, [p.token_ids for p in prompts], seeds, self.cfg.algorithm.group_size,
                           self.cfg.rollout, what="generating rollouts (vLLM)")
         # cost: all generated tokens, also of groups dynamic sampling drops later
         self.ledger.add_tokens(generated=sum(len(c.token_ids) for g in groups for c in g),
                                prefilled=sum(len(p.token_ids) for p in prompts))
-        if colocated:
-            engines.call_all("sleep", what="putting the rollout engines to sleep")
         return groups
 
     def _score(self, samples: list[Sample]) -> dict[str, list[float | None]]:

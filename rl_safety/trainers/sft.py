@@ -30,6 +30,7 @@ import torch
 
 from rl_safety.config.sft import SFTConfig
 from rl_safety.data import chat
+from rl_safety.learner.model import PolicyModel, to_device
 from rl_safety.ledger import CostLedger
 from rl_safety.refine.generate import data_cost_path
 
@@ -116,15 +117,16 @@ def collate(rows: list[list[tuple[list[int], list[int]]]], pad_id: int) -> dict[
     return batch
 
 
-def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(sum of the next-token NLL over labelled positions, their count). logits [B, L, V] and
-    labels [B, L] unshifted: position t's logits predict labels[t + 1]."""
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of the next-token NLL over labelled positions, their count), both 0-dim tensors on
+    the logits' device (reading a value would wait for the device). logits [B, L, V] and labels
+    [B, L] unshifted: position t's logits predict labels[t + 1]."""
     targets = labels[:, 1:]
     logits = logits[:, :-1].float()
     nll = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
     )
-    return nll, int((targets != IGNORE).sum())
+    return nll, (targets != IGNORE).sum()
 
 
 Rows = list[list[tuple[list[int], list[int]]]]  # training rows, each one or more (ids, labels) examples
@@ -151,8 +153,6 @@ class SFTRank:
                  use_gpu: bool, total_steps: int) -> None:
         from transformers import AutoTokenizer
 
-        from rl_safety.learner.model import PolicyModel
-
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         self.policy = PolicyModel(cfg.model, cfg.learner, rank=rank, world_size=world_size, master_addr=master_addr,
@@ -173,7 +173,6 @@ class SFTRank:
         cfg, t = self.cfg, self.cfg.training
         micro, accum = cfg.learner.micro_batch_size, t.gradient_accumulation_steps
         steps_per_epoch, total = step_plan(rows, cfg)
-        engine = self.policy.engine
         run = RunDirectory(run_dir)
         start = 0
         if resume_from is not None:
@@ -182,7 +181,7 @@ class SFTRank:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         stats: dict[str, float] = {}
         input_tokens = 0
-        engine.train()
+        self.policy.engine.train()
         # One loop over global steps: step k is always (epoch k // steps_per_epoch, slot
         # k % steps_per_epoch), so a resume lands on the right batch even at an epoch boundary.
         for done in range(start, total):
@@ -195,16 +194,13 @@ class SFTRank:
             batches = [collate([padding_row if i is None else rows[i] for i in m], pad) for m in mine]
             # the cost ledger's tokens trained: every real (non-padding) token of the step
             input_tokens += sum(len(ids) for m in mine for i in m if i is not None for ids, _ in rows[i])
-            count = torch.tensor([float(sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches))])
+            # collectives run on the process group's device (NCCL takes no CPU tensors)
+            count = torch.tensor([float(sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches))],
+                                 device=self.policy.device)
             dist.all_reduce(count)  # tokens with loss in the whole optimizer step
             count.clamp_(min=1.0)  # a step of examples with no loss tokens has no gradient, not a NaN
-            loss_sum = 0.0
-            for batch in batches:
-                logits = engine(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
-                nll, _ = token_nll(logits, batch["labels"])
-                self.policy.backward_step(nll / count.item())  # this rank's share of the step's token mean
-                loss_sum += nll.item()
-            total_nll = torch.tensor([loss_sum])
+            loss_sum = sum(self._micro_step(batch, count.item()) for batch in batches)
+            total_nll = torch.tensor([loss_sum], device=self.policy.device)
             dist.all_reduce(total_nll)
             step = done + 1
             stats = {"step": step, "epoch": epoch, "loss": total_nll.item() / count.item(),
@@ -216,6 +212,15 @@ class SFTRank:
                 self._checkpoint(run, step)
         self.policy.export_hf(str(Path(run_dir) / "final"))
         return {**stats, "rank_input_tokens": input_tokens}
+
+    def _micro_step(self, batch: dict[str, torch.Tensor], step_tokens: float) -> float:
+        """Forward and backward of one micro-batch, its loss this rank's share of the token mean
+        over the `step_tokens` loss tokens of the whole optimizer step; returns its summed NLL."""
+        batch = to_device(batch, self.policy.device)
+        logits = self.policy.engine(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+        nll, _ = token_nll(logits, batch["labels"])
+        self.policy.backward_step(nll / step_tokens)
+        return nll.item()
 
     def _checkpoint(self, run, step: int) -> None:
         """Every rank writes its DeepSpeed shard into the partial directory; rank 0 commits it

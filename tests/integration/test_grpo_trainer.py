@@ -322,7 +322,8 @@ def test_more_learner_ranks_than_cpus_fails_before_any_actor(tmp_path, tiny_mode
 
     from rl_safety.orchestration.cluster import ClusterError
 
-    with pytest.raises(ClusterError, match="learner.num_ranks=16 but the Ray cluster has only 8 CPU"):
+    with pytest.raises(ClusterError, match=r"learner.num_ranks=16 \+ rollout.num_engines=1 x rollout.tensor_parallel_size=1 "
+                                          r"\(cluster.placement=separate\) need 17 CPU\(s\) but the Ray cluster has 8"):
         run(tmp_path, tiny_models["tied"], prompt_file, {"learner.num_ranks": 16, "learner.micro_batch_size": 1})
     assert not [a for a in ray.util.list_named_actors()]
 

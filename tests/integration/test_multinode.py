@@ -25,6 +25,7 @@ def test_rollout_and_learners_run_on_the_nodes_they_are_pinned_to(tmp_path, tiny
 
     placement = json.loads((run_dir / "placement.json").read_text())
     actors, nodes = placement["actors"], placement["nodes"]
+    assert placement["judges"] == []  # this run's rewards call no judge model
     node_of = {name.rsplit("-", 1)[0]: where["node_id"] for name, where in actors.items()}
     assert "node_a" in nodes[node_of["rollout-0"]]["resources"]
     assert "node_b" in nodes[node_of["learner-0"]]["resources"]

@@ -179,3 +179,22 @@ def test_rayjob_manifest_runs_rl_safety_grpo_on_a_cluster_that_fits_it():
     gpus = sum(int(g["replicas"]) * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
                for g in cluster["workerGroupSpecs"])
     assert cfg.learner.num_ranks + cfg.rollout.num_engines * cfg.rollout.tensor_parallel_size <= gpus
+
+
+def test_the_manifest_image_is_a_parameter_and_the_dockerfiles_copy_what_exists():
+    text = (LAUNCH / "kuberay_rayjob.yaml").read_text()
+    manifest = yaml.safe_load(text)
+    cluster = manifest["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    assert {c["image"] for pod in pods for c in pod["spec"]["containers"]} == {"${RL_SAFETY_IMAGE}"}
+    filled = subprocess.run(["envsubst", "$RL_SAFETY_IMAGE"], input=text, capture_output=True, text=True,
+                            env={"RL_SAFETY_IMAGE": "registry.example/rl-safety:gpu"}, check=True).stdout
+    assert "${" not in filled and filled.count("image: registry.example/rl-safety:gpu") == len(pods)
+    for dockerfile in ("Dockerfile.gpu", "Dockerfile.cpu"):
+        lines = (REPO / "docker" / dockerfile).read_text().splitlines()
+        for line in lines:
+            if line.startswith("COPY "):
+                for source in line.split()[1:-1]:
+                    assert (REPO / source).exists(), (dockerfile, source)
+        assert any("scripts/setup.sh" in line for line in lines if line.startswith("RUN "))
+        assert f"docker build -f docker/{dockerfile}" in (REPO / "README.md").read_text()

@@ -197,3 +197,25 @@ def test_diagnostics_are_reported_beside_the_reward_and_not_added(scratch_reward
     scratch_rewards("t_bad_diag", lambda prompts, completions, **kw: rewards.Scores([1.0], diagnostics={"x": [math.nan]}))
     with pytest.raises(RewardError, match="'t_bad_diag/x' returned nan for sample 0"):
         rewards.score([RewardSpec("t_bad_diag")], ["p"], ["a"], {})
+
+
+def test_the_judges_rewards_call_are_counted_once_per_shared_server(monkeypatch):
+    from rewards import judge
+
+    guard = {"model": "llama-guard", "engine": {"num_engines": 2, "tensor_parallel_size": 2}}
+    demands = rewards.judge_demands([
+        ("guard_judge", guard),
+        ("safety", {"guard": guard}),  # the same guard, same settings: one set of engines
+        ("helpfulness_judge", {"model": "qwen-judge"}),  # defaults filled in: 1 engine, dtype auto
+        ("beaver_dam", {}),  # the moderation classifier, its default model
+        ("safety", {}),  # no guard: no judge
+        ("think_format", {}),  # no judge at all
+    ])
+    assert [(d.what, d.devices) for d in demands] == [
+        ("judge engines (llama-guard)", 4), ("judge engines (qwen-judge)", 1),
+        ("moderation classifier (PKU-Alignment/beaver-dam-7b)", 1)]
+    # the key counted is the one the reward starts its engines under
+    started = []
+    monkeypatch.setattr(judge, "shared_judge", lambda demand, start: started.append(demand))
+    judge.judge_engines("qwen-judge", None, "auto")
+    assert started == [demands[1]]
