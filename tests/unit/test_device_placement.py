@@ -57,6 +57,7 @@ class MetaPolicy:
 
     def __init__(self, module: MetaLM) -> None:
         self.engine = module
+        module.global_steps = 0  # DeepSpeed's optimizer-step counter, which Learner.train reads
 
     def backward_step(self, loss: torch.Tensor) -> None:
         raise LossReached(loss)
@@ -86,7 +87,7 @@ def test_learner_update_moves_the_whole_micro_batch_to_the_module(tmp_path):
     seqs = cpu_sequences()
     shifted = torch.zeros(2, 5)
     mini_batch = {**seqs, "response_mask": torch.ones(2, 5), "old_logprobs": shifted, "ref_logprobs": shifted,
-                  "advantages": torch.tensor([1.0, -1.0]), "importance_weights": torch.ones(2, 5),
+                  "advantages": torch.tensor([[1.0], [-1.0]]).expand(2, 5), "importance_weights": torch.ones(2, 5),
                   "global_tokens": 10.0, "global_sequences": 2.0}
     with pytest.raises(LossReached) as reached:
         learner.train([mini_batch])
