@@ -146,9 +146,9 @@ def aggregate(name: str, per_token: torch.Tensor, mask: torch.Tensor, norm_const
     whole mini-batch, whatever the split; without them the piece is its own whole. Counts are
     clamped at 1: a piece (or mini-batch) without a token in the loss gives 0, never NaN."""
     mask = mask.float()
-    tokens, sequences = loss_counts(mask)
-    tokens = max(1.0, tokens if global_tokens is None else global_tokens)
-    sequences = max(1.0, sequences if global_sequences is None else global_sequences)
+    if global_tokens is None or global_sequences is None:  # read from the device only when needed
+        global_tokens, global_sequences = loss_counts(mask)
+    tokens, sequences = max(1.0, global_tokens), max(1.0, global_sequences)
     return LOSS_AGGREGATIONS.get(name)(per_token * mask, mask, tokens, sequences, norm_constant)
 
 
@@ -177,14 +177,16 @@ def seq_mean_token_sum_norm(masked: torch.Tensor, mask: torch.Tensor, tokens: fl
 
 # ------------------------------------------------------------------------ the learner's loss
 def grpo_loss(logprobs: torch.Tensor, batch: dict[str, Any], cfg: Any,
-              norm_constant: float) -> tuple[torch.Tensor, dict[str, float]]:
+              norm_constant: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss one micro-batch contributes to its mini-batch, from the current policy's
     `logprobs` [B, T] and `batch`: response_mask, old_logprobs, advantages, optionally
     importance_weights (detached factor per token), ref_logprobs (KL in the loss) and the
     mini-batch's global_tokens / global_sequences. `cfg` is the algorithm section.
 
     Returns the scalar loss and token sums to add up over micro-batches and ranks: `token_count`,
-    and `NAME_sum` for every per-token statistic of the policy loss (and `kl_sum`)."""
+    and `NAME_sum` for every per-token statistic of the policy loss (and `kl_sum`), as 0-d
+    tensors on the loss's device: the caller reads them after the backward, so the forward and
+    backward run without a device-to-host wait."""
     mask = batch["response_mask"].float()
     per_token, token_stats = POLICY_LOSSES.get(cfg.policy_loss)(
         logprobs, batch["old_logprobs"], batch["advantages"], mask, cfg)
@@ -196,6 +198,6 @@ def grpo_loss(logprobs: torch.Tensor, batch: dict[str, Any], cfg: Any,
         token_stats["kl"] = kl.detach()
     loss = aggregate(cfg.loss_aggregation, per_token, mask, norm_constant,
                      batch.get("global_tokens"), batch.get("global_sequences"))
-    sums = {"token_count": float(mask.sum())}
-    sums.update({f"{name}_sum": float((values.detach() * mask).sum()) for name, values in token_stats.items()})
+    sums = {"token_count": mask.sum()}
+    sums.update({f"{name}_sum": (values.detach() * mask).sum() for name, values in token_stats.items()})
     return loss, sums

@@ -89,9 +89,9 @@ class Learner:
         self.policy.backward_step(loss)  # the loss above is already this rank's share of the global mean
         with torch.no_grad():
             entropy = grpo_math.entropy_from_logits(logits.detach())
-            stats["entropy_sum"] = float((entropy * mask).sum())
-            stats["loss"] = float(loss)
-        return stats
+            stats["entropy_sum"] = (entropy * mask).sum()
+            stats["loss"] = loss.detach()
+        return {k: float(v) for k, v in stats.items()}
 
     # ---------------------------------------------------------------------------- weight sync
     def init_weight_sync(self, rollout_handles: list[Any], master_addr: str, master_port: int,
