@@ -151,7 +151,7 @@ def grpo_batch(setup: Setup, learner) -> tuple[dict, torch.Tensor, torch.Tensor,
     response[:, :3] = 0
     advantages = torch.tensor([1.0, -0.5, 0.75, -1.25])
     batch = {"input_ids": setup.input_ids, "attention_mask": setup.attention_mask, "response_mask": response,
-             "advantages": advantages[:, None].expand_as(response), "old_logprobs": old,  # per token, as estimators give
+             "advantages": advantages[:, None].expand_as(response), "old_logprobs": old,  # per token
              "global_tokens": float(response.sum()),
              "global_sequences": float(len(advantages))}
     return batch, old, advantages, response
