@@ -62,7 +62,7 @@ class Learner:
         self.engine.train()
         sums: dict[str, float] = {"empty_mini_batches": 0.0}
         micro = self.cfg.learner.micro_batch_size
-        steps_before = self.engine.global_steps
+        steps_before = self.policy.optimizer_steps
         for mb in mini_batches:
             if mb["global_tokens"] == 0:
                 sums["empty_mini_batches"] += 1
@@ -73,7 +73,7 @@ class Learner:
                 stats = self._micro_step(part, a)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
-        optimizer_steps = float(self.engine.global_steps - steps_before)
+        optimizer_steps = float(self.policy.optimizer_steps - steps_before)
         return {**sums, "optimizer_steps": optimizer_steps,
                 "grad_norm": self.policy.grad_norm() if optimizer_steps else float("nan"),
                 "learning_rate": self.policy.learning_rate()}

@@ -176,6 +176,11 @@ class PolicyModel:
     def learning_rate(self) -> float:
         return float(self.engine.get_lr()[0])
 
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps taken so far (DeepSpeed counts them at accumulation boundaries)."""
+        return self.engine.global_steps
+
     # ---------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, directory: str, tag: str = "deepspeed") -> None:
         """This rank's part of a DeepSpeed checkpoint (model, optimizer, schedule)."""

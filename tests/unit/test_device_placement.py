@@ -54,10 +54,10 @@ class MetaPolicy:
     stops the step (a meta loss has no value to step with) and hands the loss to the test."""
 
     device = META
+    optimizer_steps = 0
 
     def __init__(self, module: MetaLM) -> None:
         self.engine = module
-        module.global_steps = 0  # DeepSpeed's optimizer-step counter, which Learner.train reads
 
     def backward_step(self, loss: torch.Tensor) -> None:
         raise LossReached(loss)
