@@ -83,8 +83,9 @@ class RolloutEngine:
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
             os.environ.update(executor_env)
         if weight_sync == "ipc":
-            # CUDA-IPC handles hold Python objects that vLLM's engine-core channel (this actor
-            # -> its own worker processes, on this node) carries only pickled. Untested on GPU.
+            # CUDA-IPC handles hold Python objects that vLLM's engine-core channel carries only
+            # pickled. Only a TP > 1 engine has that channel (its engine core is a process of its
+            # own); a TP-1 engine runs in this actor and ignores the flag. Untested on GPU.
             os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
         register()
         memory: dict[str, Any] = (
