@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,17 @@ REPO = Path(__file__).resolve().parents[1]
 # The project's data directory beside the checkout (a git worktree elsewhere sets the variable)
 SHARED_DATA = Path(os.environ.get("RL_SAFETY_SHARED_DATA", REPO.parent / "shared" / "data"))
 USER_REWARDS = REPO / "tests" / "fixtures" / "user_rewards.py"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def end_ray_session_left_by_module():
+    """A command run in-process (toy's GRPO arm, `run_grpo`) keeps the Ray session it connected, as
+    a CLI process would until it exits; a later module's `ray.init` would then fail. Each module
+    ends with no Ray session of its own left behind."""
+    yield
+    ray = sys.modules.get("ray")  # not imported here: most modules never load Ray
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")
