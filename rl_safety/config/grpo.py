@@ -90,6 +90,13 @@ class LearnerSection(Section):
         return value
 
 
+class GRPOLearnerSection(LearnerSection):
+    dropout: bool = Field(
+        False, description="dropout (the model's and lora.dropout) in the policy's forwards; off by default, "
+                           "so the update's forward is the policy that sampled and the on-policy ratio is exactly 1 "
+                           "(TRL's disable_dropout)")
+
+
 class AlgorithmSection(Section):
     group_size: int = Field(8, ge=2, description="completions sampled per prompt (G); advantages are relative to "
                                                  "the group, so at least 2")
@@ -125,6 +132,10 @@ class AlgorithmSection(Section):
     dynamic_sampling_shortfall: Literal["pad", "error"] = Field(
         "pad", description="fewer groups with spread than prompts_per_step after max_sampling_rounds: fill up "
                            "with flat groups (logged) or stop the run")
+    recompute_old_logprobs: Literal["auto", "always"] = Field(
+        "auto", description="auto: skip the forward-only old-logprob pass when training is on-policy (one epoch, "
+                            "one mini-batch, no dropout, no KL in the reward: `old_logprobs_from_update`) and take "
+                            "old = logprobs.detach() of the update's forward (verl, TRL); always: run the pass")
     importance_correction: Literal["none", "truncate", "mask"] = Field(
         "truncate", description="truncated IS weight for the rollout/learner logprob mismatch"
     )
@@ -211,7 +222,7 @@ class GRPOConfig(Section):
     rewards: list[RewardSection] = Field(min_length=1)
     reward_modules: list[str] = Field(default_factory=list, description="user .py files registering rewards")
     rollout: RolloutSection = RolloutSection()
-    learner: LearnerSection = LearnerSection()
+    learner: GRPOLearnerSection = GRPOLearnerSection()
     algorithm: AlgorithmSection = AlgorithmSection()
     cluster: GRPOClusterSection = GRPOClusterSection()
     run: RunSection = RunSection()

@@ -14,7 +14,7 @@ import torch
 from rl_safety.algorithms import grpo_math, losses, registry
 from rl_safety.config.grpo import GRPOConfig
 from rl_safety.learner.logprobs import sequence_logprobs
-from rl_safety.learner.model import PolicyModel, to_device
+from rl_safety.learner.model import PolicyModel, disable_dropout, frozen_reference, to_device
 
 
 class Learner:
@@ -31,6 +31,12 @@ class Learner:
             total_steps=cfg.run.total_steps * a.epochs_per_step * a.mini_batches_per_step,
         )
         self.engine = self.policy.engine
+        if not lr.dropout:  # the update's forward is the policy that sampled (see GRPOLearnerSection.dropout)
+            disable_dropout(self.policy.module)
+        # KL without LoRA: the frozen start on every rank (partitioned under ZeRO-3); with LoRA the
+        # adapter-disabled policy is the reference
+        self.reference = (frozen_reference(cfg.model, lr, self.policy.device)
+                          if a.kl_coef > 0 and lr.lora is None else None)
         registry.load_modules(a.modules)  # the user's policy losses / aggregations, in this process too
         self.weight_sender = None
 
@@ -38,16 +44,19 @@ class Learner:
     @torch.no_grad()
     def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  reference: bool = False) -> torch.Tensor:
-        """Current-policy logprobs [b, L-1]; `reference=True` (LoRA only) disables the adapter,
-        which gives the frozen base model: the reference policy at no extra memory."""
+        """Logprobs [b, L-1] of this rank's shard under the current policy, or with `reference`
+        under the frozen start: this rank's replica (its partition, under ZeRO-3) of the
+        reference, or with LoRA the policy with its adapter disabled, at no extra memory."""
         self.engine.eval()
+        if reference and self.reference is not None:
+            return self._logprobs(self.reference, input_ids, attention_mask)
         if reference:
             with self.policy.module.disable_adapter():
-                return self._logprobs(input_ids, attention_mask)
-        return self._logprobs(input_ids, attention_mask)
+                return self._logprobs(self.engine, input_ids, attention_mask)
+        return self._logprobs(self.engine, input_ids, attention_mask)
 
-    def _logprobs(self, input_ids, attention_mask) -> torch.Tensor:
-        return sequence_logprobs(self.engine, input_ids, attention_mask, self.cfg.rollout.temperature,
+    def _logprobs(self, model, input_ids, attention_mask) -> torch.Tensor:
+        return sequence_logprobs(model, input_ids, attention_mask, self.cfg.rollout.temperature,
                                  self.cfg.learner.micro_batch_size, self.policy.device)
 
     # ------------------------------------------------------------------------------- update
@@ -57,12 +66,17 @@ class Learner:
         contributes is its share of the loss of the whole mini-batch (gradients then sum right
         across ranks and micro-batches). A mini-batch without a token in the loss (all its
         responses filtered out, on every rank alike) is skipped: no gradient, and no optimizer
-        step, which Adam's momentum would turn into an update without data."""
+        step, which Adam's momentum would turn into an update without data.
+
+        Mini-batches without `old_logprobs` are on-policy (`old_logprobs_from_update`): the
+        update's forward gives them, and the result carries them, with the batch rows they
+        belong to, for the driver's checks (`old_logprobs`, `rows`)."""
         a = self.cfg.algorithm
         self.engine.train()
         sums: dict[str, float] = {"empty_mini_batches": 0.0}
         micro = self.cfg.learner.micro_batch_size
         steps_before = self.policy.optimizer_steps
+        reused: dict[str, list[torch.Tensor]] = {"old_logprobs": [], "rows": []}
         for mb in mini_batches:
             if mb["global_tokens"] == 0:
                 sums["empty_mini_batches"] += 1
@@ -70,10 +84,16 @@ class Learner:
             for start in range(0, mb["input_ids"].shape[0], micro):
                 part = to_device({k: (v[start : start + micro] if isinstance(v, torch.Tensor) else v)
                                   for k, v in mb.items()}, self.policy.device)
+                on_policy = "old_logprobs" not in part
                 stats = self._micro_step(part, a)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
+                if on_policy:
+                    reused["old_logprobs"].append(part["old_logprobs"].cpu())
+                    reused["rows"].append(part["rows"].cpu())
         optimizer_steps = float(self.policy.optimizer_steps - steps_before)
+        if reused["rows"]:
+            sums.update({k: torch.cat(v) for k, v in reused.items()})
         return {**sums, "optimizer_steps": optimizer_steps,
                 "grad_norm": self.policy.grad_norm() if optimizer_steps else float("nan"),
                 "learning_rate": self.policy.learning_rate()}
@@ -85,6 +105,8 @@ class Learner:
         ).logits[:, :-1].float()
         logits = logits / self.cfg.rollout.temperature
         logprobs = grpo_math.logprobs_from_logits(logits, part["input_ids"][:, 1:])
+        if "old_logprobs" not in part:
+            part.update(self._on_policy_inputs(logprobs.detach(), part, a))
         loss, stats = losses.grpo_loss(logprobs, part, a, norm_constant=float(self.cfg.rollout.max_new_tokens))
         self.policy.backward_step(loss)  # the loss above is already this rank's share of the global mean
         with torch.no_grad():
@@ -92,6 +114,19 @@ class Learner:
             stats["entropy_sum"] = (entropy * mask).sum()
             stats["loss"] = loss.detach()
         return {k: float(v) for k, v in stats.items()}
+
+    @staticmethod
+    def _on_policy_inputs(logprobs: torch.Tensor, part: dict[str, Any], a) -> dict[str, torch.Tensor]:
+        """On-policy, the update's own forward is the old policy: old = logprobs.detach() (ratio
+        exactly 1), and the importance weights for vLLM's numerics come from it as the driver
+        would compute them from an old-logprob pass (sequence level holds: a micro-batch holds
+        whole sequences)."""
+        inputs = {"old_logprobs": logprobs}
+        if a.importance_correction != "none":
+            inputs["importance_weights"] = grpo_math.truncated_importance_weights(
+                logprobs, part["rollout_logprobs"], part["response_mask"], cap=a.importance_cap,
+                level=a.importance_level, mode=a.importance_correction)
+        return inputs
 
     # ---------------------------------------------------------------------------- weight sync
     def init_weight_sync(self, rollout_handles: list[Any], master_addr: str, master_port: int,

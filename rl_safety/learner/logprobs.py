@@ -1,4 +1,4 @@
-"""Per-token logprobs of sequences under a causal LM, shared by the learner and the reference policy.
+"""Per-token logprobs of sequences under a causal LM (the learner's policy and its KL reference).
 
 Token-level tensors are *shifted*: position t of a [B, L-1] tensor refers to token
 ``input_ids[:, t + 1]`` predicted from the prefix ``input_ids[:, : t + 1]``.
@@ -24,25 +24,3 @@ def sequence_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention
         logits = model(**part, use_cache=False).logits[:, :-1].float()
         logprobs.append(logprobs_from_logits(logits, part["input_ids"][:, 1:], temperature))
     return torch.cat(logprobs).cpu()
-
-
-class ReferencePolicy:
-    """The frozen starting policy, for the KL penalty. A plain class; GRPO runs it as a Ray actor."""
-
-    def __init__(self, model_path: str, dtype: str, temperature: float, micro_batch_size: int,
-                 device: str, trust_remote_code: bool = False) -> None:
-        """`device`: "cuda" on GPU (the device Ray gave this actor is its cuda:0), else "cpu"."""
-        from transformers import AutoModelForCausalLM
-
-        self.device = torch.device(device)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
-        ).to(self.device).eval()
-        self.model.requires_grad_(False)
-        self.temperature = temperature
-        self.micro_batch_size = micro_batch_size
-
-    @torch.no_grad()
-    def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return sequence_logprobs(self.model, input_ids, attention_mask, self.temperature, self.micro_batch_size,
-                                 self.device)

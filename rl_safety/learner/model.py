@@ -90,6 +90,46 @@ def load_model(model: ModelSection, learner: LearnerSection, seed: int) -> torch
     return module
 
 
+def disable_dropout(module: torch.nn.Module) -> int:
+    """Turn every dropout of `module` off while it stays in train mode (TRL's `disable_dropout`):
+    `nn.Dropout` layers (LoRA's among them) get p = 0 and attention modules a 0
+    `attention_dropout` (Hugging Face attention reads the float, not a layer). Not `eval()`:
+    Hugging Face layers checkpoint activations only in train mode. Returns how many were set."""
+    changed = 0
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.Dropout) and sub.p:
+            sub.p, changed = 0.0, changed + 1
+        if isinstance(getattr(sub, "attention_dropout", None), float) and sub.attention_dropout:
+            sub.attention_dropout, changed = 0.0, changed + 1
+    return changed
+
+
+def frozen_reference(model: ModelSection, learner: LearnerSection, device: torch.device | str) -> torch.nn.Module:
+    """The starting policy, frozen, on this learner rank: the KL reference of full fine-tuning
+    (with LoRA the adapter-disabled policy is the reference). Under ZeRO-3 it is partitioned
+    over the ranks like the policy (a DeepSpeed engine without optimizer, as OpenRLHF's
+    `get_eval_ds_config`), so each forward is a collective every rank joins; at stages 0-2 each
+    rank holds a plain replica, as OpenRLHF and verl do."""
+    from transformers import AutoModelForCausalLM
+
+    module = AutoModelForCausalLM.from_pretrained(model.path, dtype=getattr(torch, model.dtype),
+                                                  trust_remote_code=model.trust_remote_code)
+    module.requires_grad_(False)
+    module.eval()
+    if learner.zero_stage != 3:
+        return module.to(device)
+    import deepspeed
+
+    zero: dict[str, Any] = {"stage": 3}
+    if learner.offload:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    engine, *_ = deepspeed.initialize(model=module, config={
+        "train_micro_batch_size_per_gpu": learner.micro_batch_size, "zero_optimization": zero,
+        "bf16": {"enabled": model.dtype == "bfloat16"}, "steps_per_print": 10**9, "wall_clock_breakdown": False})
+    engine.eval()
+    return engine
+
+
 def deepspeed_config(learner: LearnerSection, *, accumulation: int, world_size: int, bf16: bool) -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": learner.zero_stage}
     if learner.offload and learner.zero_stage > 0:

@@ -1,6 +1,6 @@
 """GRPO's actors, started on the run's layout (`cluster.make_layout`) and stopped together:
-vLLM rollout engines, DeepSpeed learner ranks, the reference policy (KL without LoRA) and the
-reward workers, with the learner -> vLLM weight sync wired between them."""
+vLLM rollout engines, DeepSpeed learner ranks (each also holding the KL reference: see
+`Learner`) and the reward workers, with the learner -> vLLM weight sync wired between them."""
 
 from __future__ import annotations
 
@@ -36,7 +36,6 @@ class GRPOWorkers:
     def _start(self, cfg: GRPOConfig, layout: cluster.Layout) -> None:
         from rl_safety.learner.deepspeed_learner import Learner
         from rl_safety.learner.model import build_lock_hint
-        from rl_safety.learner.logprobs import ReferencePolicy
         from rl_safety.rollout.vllm_engine import checked_max_model_len, colocated_sleep_level
 
         tag = uuid.uuid4().hex[:6]  # actor names must be unique in the Ray namespace
@@ -55,21 +54,12 @@ class GRPOWorkers:
             max_lora_rank=cfg.learner.lora.rank if self.adapter_sync else None,
             weight_sync=None if self.adapter_sync else layout.weight_sync)
         n = cfg.learner.num_ranks
-        # Learner rank 0 leaves a fifth of its bundle to the reference policy.
         self.groups["learner"] = ActorGroup(
             "learner", Learner, n, tag=tag, **timeouts,
             what=f"DeepSpeed learners (model {cfg.model.path}, process group at {learner_ip}:{ds_port})",
-            options=lambda r: cluster.in_bundle(layout.learner_group, r,
-                                                layout.learner_share * (0.8 if r == 0 else 1), use_gpu),
+            options=lambda r: cluster.in_bundle(layout.learner_group, r, layout.learner_share, use_gpu),
             kwargs=dict(cfg=cfg, world_size=n, master_addr=learner_ip, master_port=ds_port, use_gpu=use_gpu),
             rank_kwargs=lambda r: {"rank": r})
-        if cfg.algorithm.kl_coef > 0 and cfg.learner.lora is None:
-            self.groups["reference"] = ActorGroup(
-                "reference", ReferencePolicy, 1, what="reference policy", tag=tag, **timeouts,
-                options=lambda r: cluster.in_bundle(layout.learner_group, 0, layout.learner_share * 0.2, use_gpu),
-                kwargs=dict(model_path=cfg.model.path, dtype=cfg.model.dtype, temperature=ro.temperature,
-                            micro_batch_size=cfg.learner.micro_batch_size, device="cuda" if use_gpu else "cpu",
-                            trust_remote_code=cfg.model.trust_remote_code))
         self.groups["reward"] = start_reward_workers(cfg, tag)
         for role, group in self.groups.items():  # construction errors surface here, naming the group
             group.wait_started(hint=build_lock_hint if role == "learner" else None)
@@ -92,10 +82,6 @@ class GRPOWorkers:
     @property
     def learners(self) -> ActorGroup:
         return self.groups["learner"]
-
-    @property
-    def reference(self) -> ActorGroup | None:
-        return self.groups.get("reference")
 
     @property
     def rewards(self) -> ActorGroup:

@@ -4,6 +4,11 @@
             -> old / reference logprobs (learners) -> check rollout vs learner logprobs
             -> advantages -> update (DeepSpeed learners) -> weight sync (learners -> vLLM)
 
+The logprob passes start as soon as the batch's samples are fixed: before scoring (they run on
+the learners while the reward actors score) unless dynamic sampling decides the batch by the
+scores. On-policy (`old_logprobs_from_update`) there is no old-logprob pass: the update's forward
+gives the old logprobs, and the rollout-vs-learner check runs after the update, before the sync.
+
 The math lives in `rl_safety.algorithms` (advantage estimators, losses, `grpo_math`), the actors
 and their placement in `rl_safety.orchestration.grpo_workers`, the rollout batch in
 `rl_safety.rollout.batch`, what a step reports in `rl_safety.trainers.grpo_metrics`.
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +36,7 @@ from rl_safety.config.loader import dump_config
 from rl_safety.data.prompts import PromptExample, PromptSampler, build_prompts, load_rows
 from rl_safety.ledger import CostLedger
 from rl_safety.orchestration import cluster
-from rl_safety.orchestration.actor_group import ActorFailure, sample_seed
+from rl_safety.orchestration.actor_group import ActorFailure, Pending, sample_seed
 from rl_safety.orchestration.engines import generate
 from rl_safety.orchestration.grpo_workers import GRPOWorkers
 from rl_safety.orchestration import reward_pool
@@ -46,6 +52,28 @@ log = logging.getLogger("rl_safety.grpo")
 class WeightSyncError(RuntimeError):
     """vLLM and the learner disagree on the logprobs of the same tokens: the weights vLLM
     samples with are not the learner's (a broken sync), or numerics differ beyond the bound."""
+
+
+def old_logprobs_from_update(cfg: GRPOConfig) -> bool:
+    """Whether the update's own forward can stand in for the old-logprob pass (verl and TRL take
+    old = logprobs.detach() then): the batch's only optimizer step sees the weights that sampled
+    it (one epoch, one mini-batch), that forward is the policy (no dropout: `learner.dropout`),
+    and nothing before the update needs the old logprobs (KL in the reward enters the advantages).
+    `algorithm.recompute_old_logprobs=always` keeps the pass."""
+    a = cfg.algorithm
+    return (a.recompute_old_logprobs == "auto" and a.epochs_per_step == 1 and a.mini_batches_per_step == 1
+            and not cfg.learner.dropout and not (a.kl_coef > 0 and a.kl_placement == "reward"))
+
+
+@dataclass
+class LogprobPasses:
+    """A batch and its logprob passes in flight on the learners: old (unless the update gives
+    them) and reference (with KL)."""
+
+    samples: list[Sample]
+    batch: dict[str, torch.Tensor]
+    old: Pending | None
+    reference: Pending | None
 
 
 class GRPOTrainer:
@@ -113,24 +141,29 @@ class GRPOTrainer:
         cfg, a = self.cfg, self.cfg.algorithm
         timings: dict[str, float] = {}
 
-        # 1-2. generate, score and shape rewards, refilling groups with no reward spread (dynamic sampling)
-        rollout, metrics = self._collect_groups(step, timings)
+        # 1-2. generate, score and shape rewards, refilling groups with no reward spread (dynamic
+        # sampling); the logprob passes start once the batch's samples are fixed (before scoring
+        # without dynamic sampling)
+        recompute_old = not old_logprobs_from_update(cfg)
+        rollout, metrics, passes = self._collect_groups(step, timings, recompute_old)
         samples, total = rollout.samples, rollout.rewards
-        batch = build_batch(samples, self.pad_id)
+        if passes is None:
+            passes = self._start_logprob_passes(samples, recompute_old)
+        elif any(s.completion is not t.completion for s, t in zip(samples, passes.samples, strict=True)):
+            raise AssertionError("the batch differs from the samples whose logprob passes started before scoring")
+        batch = passes.batch
+        metrics["logprobs/overlapped_with_reward"] = float(not cfg.algorithm.dynamic_sampling)
 
         # 3. old logprobs (current learner) and reference logprobs; vLLM's must match the learner's
-        with timed(timings, "logprobs"):
-            old = self._logprobs(batch, reference=False)
-            ref = self._logprobs(batch, reference=True) if a.kl_coef > 0 else None
+        with timed(timings, "logprobs"):  # the wait left after scoring
+            old = self.workers.learners.result(passes.old) if passes.old is not None else None
+            ref = self.workers.learners.result(passes.reference) if passes.reference is not None else None
         mask = batch["response_mask"]
-        diff = float(((old - batch["rollout_logprobs"]).abs() * mask).sum() / mask.sum())
-        metrics["rollout_learner_logprob_diff"] = diff
-        if diff > cfg.run.logprob_diff_bound:
-            raise WeightSyncError(
-                f"step {step}: mean |vLLM logprob - learner logprob| = {diff:.3g} on the same tokens "
-                f"exceeds run.logprob_diff_bound={cfg.run.logprob_diff_bound} ({self.source}). The "
-                "rollout engines are not sampling from the learner's weights (or dtype/sampling "
-                "settings differ). Checkpoints so far are kept in " + str(self.run.checkpoints))
+        if ref is not None:  # how far the sampling policy has moved from the reference (0 at step 0)
+            metrics["reference_rollout_logprob_diff"] = float(
+                ((ref - batch["rollout_logprobs"]).abs() * mask).sum() / mask.sum())
+        if old is not None:
+            self._check_learner_logprobs(step, old, batch, metrics, updated=False)
 
         # 4. advantages (from the shaped rewards, minus the KL to the reference with
         #    kl_placement=reward), loss mask, importance weights
@@ -148,25 +181,35 @@ class GRPOTrainer:
         advantages = compute_advantages(a.advantage_estimator, token_rewards, mask, a.group_size)
         sequence_advantages = advantages.sum(dim=1) / mask.sum(dim=1)
         loss_mask = mask * grpo_math.overlong_filter_mask(truncated)[:, None] if a.overlong == "filter" else mask
+        if old is None and not loss_mask.any():  # no token in the loss: no update forward to take them from
+            with timed(timings, "logprobs"):
+                old = self.workers.learners.shard("logprobs", self._sequences(batch), what="learner logprobs",
+                                                  every_actor=True)
+            self._check_learner_logprobs(step, old, batch, metrics, updated=False)
+        metrics["train/old_logprobs_recomputed"] = float(old is not None)
         batch.update(response_mask=loss_mask, advantages=advantages, old_logprobs=old,
-                     ref_logprobs=ref if a.kl_placement == "loss" else None)
-        if a.importance_correction != "none":
-            batch["importance_weights"] = grpo_math.truncated_importance_weights(
-                old, batch["rollout_logprobs"], loss_mask, cap=a.importance_cap,
-                level=a.importance_level, mode=a.importance_correction)
-            metrics.update(importance_metrics(
-                batch["importance_weights"],
-                grpo_math.importance_ratios(old, batch["rollout_logprobs"], loss_mask, a.importance_level),
-                loss_mask, a.importance_cap))
+                     ref_logprobs=ref if a.kl_placement == "loss" else None,
+                     rows=torch.arange(len(samples)))
+        if old is not None and a.importance_correction != "none":
+            batch["importance_weights"] = self._importance_weights(old, batch)
 
-        # 5. update; cost: every sequence goes through each optimizer epoch and through the
+        # 5. update (on-policy without old logprobs: the learners take them from its forward and
+        # return them); cost: every sequence goes through each optimizer epoch and through the
         # forward-only passes for the old (and reference) logprobs
         with timed(timings, "train"):
-            train_stats = self._update(batch, step)
+            train_stats, reused_old = self._update(batch, step)
+        if old is None:
+            old = reused_old
+            self._check_learner_logprobs(step, old, batch, metrics, updated=True)
+        if a.importance_correction != "none":
+            metrics.update(importance_metrics(
+                self._importance_weights(old, batch),
+                grpo_math.importance_ratios(old, batch["rollout_logprobs"], loss_mask, a.importance_level),
+                loss_mask, a.importance_cap))
         sequence_tokens = int(batch["attention_mask"].sum())
         self.ledger.add_tokens(trained=sequence_tokens * a.epochs_per_step,
-                               forward_only=sequence_tokens * (2 if ref is not None else 1))
-
+                               forward_only=sequence_tokens * (int(metrics["train/old_logprobs_recomputed"])
+                                                               + (ref is not None)))
         # 6. weight sync (learner -> vLLM)
         with timed(timings, "weight_sync"):
             self.workers.sync_weights(self.run.root / "adapters", version=step + 1)
@@ -182,18 +225,24 @@ class GRPOTrainer:
         return metrics
 
     # ------------------------------------------------------------------------- the pieces
-    def _collect_groups(self, step: int, timings: dict[str, float]) -> tuple[RolloutBatch, dict[str, float]]:
+    def _collect_groups(self, step: int, timings: dict[str, float], recompute_old: bool
+                        ) -> tuple[RolloutBatch, dict[str, float], LogprobPasses | None]:
         """Generate, score and shape rewards (overlong penalty) group by group. With dynamic
         sampling, keep the groups whose shaped rewards differ (a flat group has zero advantage: no
         signal), drawing ceil(prompts_per_step x dynamic_sampling_oversample) prompts a round
         (DAPO) until enough are kept or max_sampling_rounds is reached; `grpo_math.fill_batch`
-        then pads with flat groups or stops, as dynamic_sampling_shortfall says."""
+        then pads with flat groups or stops, as dynamic_sampling_shortfall says.
+
+        Without dynamic sampling the one round's samples are the batch: its logprob passes
+        (returned) start on the learners before scoring, so scoring and the passes overlap. With
+        it, the batch is known only from the last round's scores, and the passes start after."""
         cfg, a = self.cfg, self.cfg.algorithm
         per_round = (math.ceil(a.prompts_per_step * a.dynamic_sampling_oversample) if a.dynamic_sampling
                      else a.prompts_per_step)
         kept: list[RolloutBatch] = []
         flat: list[RolloutBatch] = []
         rounds = 0
+        passes = None
         colocated = self.cfg.cluster.placement == "colocated"
         if colocated:  # vLLM sleeps while the learner has the devices: from after the last round to here
             self.workers.rollouts.call_all("wake_up", what="waking the rollout engines")
@@ -201,8 +250,12 @@ class GRPOTrainer:
             prompts = [self.prompts[i] for i in self.sampler.take(per_round)]
             with timed(timings, "generation"):
                 completions = self._generate(prompts, step, rounds)
+            samples = [Sample(p, c, g) for g, (p, group) in enumerate(zip(prompts, completions)) for c in group]
+            if not a.dynamic_sampling:  # these samples are the batch: the learners start on it now
+                if colocated:
+                    self.workers.rollouts.call_all("sleep", what="putting the rollout engines to sleep")
+                passes = self._start_logprob_passes(samples, recompute_old)
             with timed(timings, "reward"):
-                samples = [Sample(p, c, g) for g, (p, group) in enumerate(zip(prompts, completions)) for c in group]
                 raw = self._score(samples)
                 total = torch.tensor(rewards.combine(raw, self.reward_specs, group_size=a.group_size),
                                      dtype=torch.float32)
@@ -217,7 +270,7 @@ class GRPOTrainer:
             for g, group in enumerate(RolloutBatch(samples, raw, total + penalty, penalty).split(a.group_size)):
                 (kept if keep[g] else flat).append(group)
             rounds += 1
-        if colocated:  # not between rounds: a sleep that discards the weights waits for the next sync
+        if colocated and a.dynamic_sampling:  # not between rounds: a sleep that discards the weights waits for the next sync
             self.workers.rollouts.call_all("sleep", what="putting the rollout engines to sleep")
         groups, counts = grpo_math.fill_batch(
             kept, flat, a.prompts_per_step, a.dynamic_sampling_shortfall,
@@ -230,7 +283,7 @@ class GRPOTrainer:
                 log.warning("step %d: %d of %d groups in the batch are flat (no reward spread) after %d sampling "
                             "round(s) (algorithm.dynamic_sampling_shortfall=pad)", step,
                             counts["padded_flat_groups"], a.prompts_per_step, rounds)
-        return RolloutBatch.join(groups), stats
+        return RolloutBatch.join(groups), stats, passes
 
     def _generate(self, prompts: list[PromptExample], step: int, round_: int) -> list[list[Completion]]:
         seeds = [sample_seed(self.cfg.run.seed, step, round_, p.index) for p in prompts]
@@ -247,16 +300,51 @@ class GRPOTrainer:
         return reward_pool.score(self.workers.rewards, [s.prompt.text for s in samples],
                                  [s.completion.text for s in samples], columns)
 
-    def _logprobs(self, batch: dict[str, torch.Tensor], reference: bool) -> torch.Tensor:
-        tensors = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        if reference and self.workers.reference is not None:
-            return self.workers.reference.call_all("logprobs", **tensors, what="reference logprobs")[0]
-        return self.workers.learners.shard("logprobs", tensors, what="learner logprobs", every_actor=True,
-                                           reference=reference)
+    @staticmethod
+    def _sequences(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
-    def _update(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+    def _start_logprob_passes(self, samples: list[Sample], recompute_old: bool) -> LogprobPasses:
+        """The batch of `samples` and, submitted without waiting, its old-logprob pass (when
+        `recompute_old`) and reference pass (KL; each rank on its shard: its replica of the
+        frozen start, or with LoRA its adapter-disabled policy)."""
+        batch = build_batch(samples, self.pad_id)
+        learners, sequences = self.workers.learners, self._sequences(batch)
+        old = (learners.submit_shards("logprobs", sequences, what="learner logprobs", every_actor=True)
+               if recompute_old else None)
+        reference = (learners.submit_shards("logprobs", sequences, what="reference logprobs", every_actor=True,
+                                            reference=True) if self.cfg.algorithm.kl_coef > 0 else None)
+        return LogprobPasses(samples, batch, old, reference)
+
+    def _check_learner_logprobs(self, step: int, old: torch.Tensor, batch: dict[str, torch.Tensor],
+                                metrics: dict[str, Any], updated: bool) -> None:
+        """vLLM's logprobs of the sampled tokens against the learner's (`old`, [B, T], over the
+        response tokens): above run.logprob_diff_bound, WeightSyncError. `updated`: they came
+        from the update's forward, which the learners have applied (not checkpointed, not synced)."""
+        cfg = self.cfg
+        mask = batch["response_mask"]
+        diff = float(((old - batch["rollout_logprobs"]).abs() * mask).sum() / mask.sum())
+        metrics["rollout_learner_logprob_diff"] = diff
+        if diff > cfg.run.logprob_diff_bound:
+            applied = (" This step's update, computed in the same forward, is applied in the learners but was "
+                       "neither checkpointed nor sent to vLLM." if updated else "")
+            raise WeightSyncError(
+                f"step {step}: mean |vLLM logprob - learner logprob| = {diff:.3g} on the same tokens "
+                f"exceeds run.logprob_diff_bound={cfg.run.logprob_diff_bound} ({self.source}). The "
+                "rollout engines are not sampling from the learner's weights (or dtype/sampling "
+                f"settings differ).{applied} Checkpoints so far are kept in {self.run.checkpoints}")
+
+    def _importance_weights(self, old: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        a = self.cfg.algorithm
+        return grpo_math.truncated_importance_weights(old, batch["rollout_logprobs"], batch["response_mask"],
+                                                      cap=a.importance_cap, level=a.importance_level,
+                                                      mode=a.importance_correction)
+
+    def _update(self, batch: dict[str, Any], step: int) -> tuple[dict[str, float], torch.Tensor | None]:
         """Epochs x mini-batches of optimizer steps; each rank gets its slice of every
-        mini-batch, plus the mini-batch's global token/sequence counts (see Learner.train)."""
+        mini-batch, plus the mini-batch's global token/sequence counts (see Learner.train).
+        Returns the merged stats and, when the batch has no old logprobs (on-policy), those the
+        learners took from the update's forward, [B, T] in batch order (by `rows`)."""
         a, n = self.cfg.algorithm, self.cfg.learner.num_ranks
         rng = np.random.default_rng([self.cfg.run.seed, step])
         per_rank: list[list[dict[str, Any]]] = [[] for _ in range(n)]
@@ -270,7 +358,17 @@ class GRPOTrainer:
                     per_rank[r].append({**{k: v[rank_rows] for k, v in mb.items()}, **counts})
         results = self.workers.learners.call_each("train", [{"mini_batches": part} for part in per_rank],
                                                   what="training step (DeepSpeed learners)")
-        return merge_learner_stats(results, a.epochs_per_step * a.mini_batches_per_step)
+        reused = [(res.pop("rows"), res.pop("old_logprobs")) for res in results if "rows" in res]
+        old = None
+        if reused:
+            old = torch.zeros_like(batch["rollout_logprobs"])
+            covered = torch.zeros(old.shape[0], dtype=torch.bool)
+            for rows, logprobs in reused:
+                old[rows], covered[rows] = logprobs, True
+            if not covered.all():
+                raise AssertionError(f"the learners returned old logprobs for {int(covered.sum())} of the "
+                                     f"batch's {old.shape[0]} rows")
+        return merge_learner_stats(results, a.epochs_per_step * a.mini_batches_per_step), old
 
     # --------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, step: int) -> Path:

@@ -153,10 +153,22 @@ def test_sync_keeps_rollout_and_learner_logprobs_equal(tmp_path, tiny_models, pr
     assert (final / "config.json").exists()
     assert (run_dir / "rollouts" / "step_2.jsonl").exists()
     assert (run_dir / "config.yaml").exists()
+    a = {k.removeprefix("algorithm."): v for k, v in overrides.items() if k.startswith("algorithm.")}
     if overrides.get("algorithm.kl_coef"):
         assert metrics[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before any update
         assert metrics[-1]["kl"] > 0
-    a = {k.removeprefix("algorithm."): v for k, v in overrides.items() if k.startswith("algorithm.")}
+        # the reference logprobs (each learner rank on its shard: its replica, its ZeRO-3
+        # partition, or with LoRA its adapter-disabled policy) against vLLM's at the start
+        assert metrics[0]["reference_rollout_logprob_diff"] < 1e-4
+        assert metrics[-1]["reference_rollout_logprob_diff"] > metrics[0]["reference_rollout_logprob_diff"]
+    # on-policy (one epoch, one mini-batch, no KL in the reward): no old-logprob pass, the update's
+    # forward gives them (the diff check above then comes from it); otherwise the pass runs
+    on_policy = (a.get("epochs_per_step", 1) == a.get("mini_batches_per_step", 1) == 1
+                 and a.get("kl_placement") != "reward")
+    for m in metrics:
+        assert m["train/old_logprobs_recomputed"] == (0.0 if on_policy else 1.0)
+        # without dynamic sampling the passes ran on the learners while the rewards were scored
+        assert m["logprobs/overlapped_with_reward"] == (0.0 if a.get("dynamic_sampling") else 1.0)
     for m in metrics:  # an optimizer step per mini-batch and epoch; only the overlong filter empties one
         assert m["train/optimizer_steps"] + m["train/empty_mini_batches"] == \
             a.get("epochs_per_step", 1) * a.get("mini_batches_per_step", 1)

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from rl_safety.config import GRPOConfig, load_config
+from rl_safety.config.grpo import ModelSection
 from rl_safety.learner.deepspeed_learner import Learner
-from rl_safety.learner.logprobs import ReferencePolicy
+from rl_safety.learner.model import frozen_reference
 from rl_safety.trainers.sft import IGNORE, SFTRank, collate
 
 META = torch.device("meta")
@@ -73,6 +74,7 @@ def grpo_learner(tmp_path) -> Learner:
     learner.cfg, learner.rank, learner.world_size = cfg, 0, 1
     learner.policy = MetaPolicy(MetaLM())
     learner.engine = learner.policy.engine
+    learner.reference = None
     return learner
 
 
@@ -82,13 +84,16 @@ def cpu_sequences(batch: int = 2, length: int = 6) -> dict[str, torch.Tensor]:
             "attention_mask": torch.ones(batch, length, dtype=torch.long)}
 
 
-def test_learner_update_moves_the_whole_micro_batch_to_the_module(tmp_path):
+@pytest.mark.parametrize("on_policy", [False, True], ids=["old-logprobs-given", "on-policy"])
+def test_learner_update_moves_the_whole_micro_batch_to_the_module(tmp_path, on_policy):
     learner = grpo_learner(tmp_path)
     seqs = cpu_sequences()
     shifted = torch.zeros(2, 5)
-    mini_batch = {**seqs, "response_mask": torch.ones(2, 5), "old_logprobs": shifted, "ref_logprobs": shifted,
-                  "advantages": torch.tensor([[1.0], [-1.0]]).expand(2, 5), "importance_weights": torch.ones(2, 5),
+    mini_batch = {**seqs, "response_mask": torch.ones(2, 5), "ref_logprobs": shifted, "rollout_logprobs": shifted,
+                  "advantages": torch.tensor([[1.0], [-1.0]]).expand(2, 5), "rows": torch.arange(2),
                   "global_tokens": 10.0, "global_sequences": 2.0}
+    if not on_policy:  # else the learner takes them (and the importance weights) from the update's forward
+        mini_batch.update(old_logprobs=shifted, importance_weights=torch.ones(2, 5))
     with pytest.raises(LossReached) as reached:
         learner.train([mini_batch])
     # the loss mixes the forward's logits with every per-token tensor of the batch (old and
@@ -107,14 +112,17 @@ def test_learner_logprobs_run_on_the_module_and_come_back_to_the_cpu(tmp_path):
     assert learner.engine.seen == {"input_ids": META, "attention_mask": META}
 
 
-def test_reference_policy_is_placed_on_its_device_and_fed_there(tiny_models):
-    reference = ReferencePolicy(str(tiny_models["tied"]), "float32", temperature=1.0, micro_batch_size=2,
-                                device="meta")
-    assert {p.device for p in reference.model.parameters()} == {META}
-    reference.model = MetaLM()  # a forward that can run on meta (a Hugging Face one reads mask values)
+def test_reference_is_placed_on_the_learners_device_and_fed_there(tmp_path, tiny_models):
+    learner = grpo_learner(tmp_path)
+    model = ModelSection(path=str(tiny_models["tied"]), dtype="float32")
+    frozen = frozen_reference(model, learner.cfg.learner, device=META)  # ZeRO-2: a plain replica per rank
+    assert {p.device for p in frozen.parameters()} == {META}
+    assert not any(p.requires_grad for p in frozen.parameters()) and not frozen.training
+    learner.reference = MetaLM()  # a forward that can run on meta (a Hugging Face one reads mask values)
     with pytest.raises(NotImplementedError, match="Cannot copy out of meta tensor"):
-        reference.logprobs(**cpu_sequences())
-    assert reference.model.seen == {"input_ids": META, "attention_mask": META}
+        learner.logprobs(**cpu_sequences(), reference=True)
+    assert learner.reference.seen == {"input_ids": META, "attention_mask": META}
+    assert learner.engine.seen == {}  # the reference pass did not run the policy
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
