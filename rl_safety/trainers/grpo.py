@@ -210,6 +210,7 @@ class GRPOTrainer:
         self.ledger.add_tokens(trained=sequence_tokens * a.epochs_per_step,
                                forward_only=sequence_tokens * (int(metrics["train/old_logprobs_recomputed"])
                                                                + (ref is not None)))
+
         # 6. weight sync (learner -> vLLM)
         with timed(timings, "weight_sync"):
             self.workers.sync_weights(self.run.root / "adapters", version=step + 1)
