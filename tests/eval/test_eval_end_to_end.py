@@ -149,15 +149,17 @@ def test_grpo_ledger_matches_the_rollouts_token_counts(runs, tiny_models):
         assert r["prompt_tokens"] == len(chat.rendered_prompt_ids(tokenizer, r["prompt"], system_prompt=None)[1])
     generated = sum(r["response_tokens"] for r in rollouts)
     assert cost["tokens"]["generated"] == generated == sum(m["tokens_generated"] for m in metrics)
-    # one optimizer epoch per step: each sequence (prompt + response) is trained on once, and goes
-    # through one forward-only pass (old logprobs; no reference with kl_coef 0)
+    # one optimizer epoch per step: each sequence (prompt + response) is trained on once; on-policy
+    # (one epoch, one mini-batch) the old logprobs come from that forward, and without KL there is
+    # no reference pass: no forward-only tokens
     sequences = sum(r["prompt_tokens"] + r["response_tokens"] for r in rollouts)
     assert cost["tokens"]["trained"] == sequences
-    assert cost["tokens"]["forward_only"] == sequences
+    assert all(m["train/old_logprobs_recomputed"] == 0 for m in metrics)
+    assert cost["tokens"]["forward_only"] == 0
     assert cost["tokens"]["prefilled"] == sum(r["prompt_tokens"] for r in rollouts) // 4  # once per group of 4
     n = count_parameters(tiny_models["tied"])
     assert cost["parameters"] == n
-    assert cost["flops_estimate"]["total"] == 6 * n * sequences + 2 * n * (generated + sequences + cost["tokens"]["prefilled"])
+    assert cost["flops_estimate"]["total"] == 6 * n * sequences + 2 * n * (generated + cost["tokens"]["prefilled"])
     assert cost["devices"]["kind"] == "cpu" and cost["devices"]["count"] == 2  # 1 learner rank + 1 rollout engine
     assert cost["complete"] and cost["wall_time_s"] > 0
     for phase in ("generation", "reward", "logprobs", "train", "weight_sync"):

@@ -120,7 +120,7 @@ def test_fast_path_update_equals_the_two_pass_update(tmp_path, tiny_models, impo
         torch.testing.assert_close(fast[name], two_pass[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_with_dropout_on_the_on_policy_ratio_is_not_one(tmp_path, tiny_models):
+def test_with_dropout_on_the_two_paths_differ(tmp_path, tiny_models):
     """Control: `learner.dropout=true` keeps LoRA's dropout in the update's forward, so an eval-mode
     old pass is not the policy the update differentiates (and the fast path is not taken)."""
     cfg = grpo_config(tmp_path, tiny_models["untied"], [
