@@ -152,7 +152,8 @@ class GRPOTrainer:
         elif any(s.completion is not t.completion for s, t in zip(samples, passes.samples, strict=True)):
             raise AssertionError("the batch differs from the samples whose logprob passes started before scoring")
         batch = passes.batch
-        metrics["logprobs/overlapped_with_reward"] = float(not cfg.algorithm.dynamic_sampling)
+        metrics["logprobs/overlapped_with_reward"] = float(
+            not a.dynamic_sampling and (passes.old is not None or passes.reference is not None))
 
         # 3. old logprobs (current learner) and reference logprobs; vLLM's must match the learner's
         with timed(timings, "logprobs"):  # the wait left after scoring
