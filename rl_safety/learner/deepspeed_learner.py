@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
-from rl_safety.algorithms import grpo_math, losses, registry
+from rl_safety.algorithms import losses, registry
 from rl_safety.config.grpo import GRPOConfig
+from rl_safety.learner import packing
 from rl_safety.learner.logprobs import sequence_logprobs
 from rl_safety.learner.model import PolicyModel, to_device
 
@@ -47,8 +48,22 @@ class Learner:
         return self._logprobs(input_ids, attention_mask)
 
     def _logprobs(self, input_ids, attention_mask) -> torch.Tensor:
+        lr = self.cfg.learner
         return sequence_logprobs(self.engine, input_ids, attention_mask, self.cfg.rollout.temperature,
-                                 self.cfg.learner.micro_batch_size, self.policy.device)
+                                 lr.micro_batch_size, self.policy.device, lr.max_tokens_per_micro_batch,
+                                 common_count=lambda n: self._most_over_ranks([n])[0])
+
+    def _most_over_ranks(self, counts: list[int]) -> list[int]:
+        """The element-wise maximum of `counts` over the ranks: packed micro-batch counts differ
+        between ranks, and every rank must run as many forwards (ZeRO-3 gathers the weights in
+        each) and backwards (ZeRO-2/3 reduce gradients in them)."""
+        if self.world_size == 1 or self.cfg.learner.max_tokens_per_micro_batch is None or not counts:
+            return counts  # padded micro-batches: the same count on every rank already
+        import torch.distributed as dist
+
+        most = torch.tensor(counts, device=self.policy.device)  # NCCL takes no CPU tensors
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        return most.tolist()
 
     # ------------------------------------------------------------------------------- update
     def train(self, mini_batches: list[dict[str, Any]]) -> dict[str, float]:
@@ -60,17 +75,18 @@ class Learner:
         step, which Adam's momentum would turn into an update without data."""
         a = self.cfg.algorithm
         self.engine.train()
-        sums: dict[str, float] = {"empty_mini_batches": 0.0}
-        micro = self.cfg.learner.micro_batch_size
+        sums: dict[str, float] = {}
+        lr = self.cfg.learner
         steps_before = self.policy.optimizer_steps
-        for mb in mini_batches:
-            if mb["global_tokens"] == 0:
-                sums["empty_mini_batches"] += 1
-                continue
-            for start in range(0, mb["input_ids"].shape[0], micro):
-                part = to_device({k: (v[start : start + micro] if isinstance(v, torch.Tensor) else v)
-                                  for k, v in mb.items()}, self.policy.device)
-                stats = self._micro_step(part, a)
+        trained = [mb for mb in mini_batches if mb["global_tokens"] > 0]
+        sums["empty_mini_batches"] = float(len(mini_batches) - len(trained))
+        plans = [packing.micro_batches(mb["attention_mask"], lr.micro_batch_size, lr.max_tokens_per_micro_batch)
+                 for mb in trained]
+        for mb, plan, count in zip(trained, plans, self._most_over_ranks([len(p) for p in plans])):
+            plan = plan + [[]] * (count - len(plan))  # a zero-loss micro-batch where this rank has fewer
+            for i, rows in enumerate(plan):
+                stats = self._micro_step(to_device(packing.select_rows(mb, rows), self.policy.device), a,
+                                         last=i == len(plan) - 1)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
         optimizer_steps = float(self.policy.optimizer_steps - steps_before)
@@ -78,19 +94,17 @@ class Learner:
                 "grad_norm": self.policy.grad_norm() if optimizer_steps else float("nan"),
                 "learning_rate": self.policy.learning_rate()}
 
-    def _micro_step(self, part: dict[str, Any], a) -> dict[str, float]:
+    def _micro_step(self, part: dict[str, Any], a, last: bool) -> dict[str, float]:
+        """Forward, loss and backward of one micro-batch; `last` (of its mini-batch) takes the
+        optimizer step, however many micro-batches packing made."""
         mask = part["response_mask"]
-        logits = self.engine(
-            input_ids=part["input_ids"], attention_mask=part["attention_mask"], use_cache=False
-        ).logits[:, :-1].float()
-        logits = logits / self.cfg.rollout.temperature
-        logprobs = grpo_math.logprobs_from_logits(logits, part["input_ids"][:, 1:])
+        logprobs, entropy = packing.forward_logprobs(
+            self.engine, part["input_ids"], part["attention_mask"], self.cfg.rollout.temperature,
+            packed=self.cfg.learner.max_tokens_per_micro_batch is not None, with_entropy=True)
         loss, stats = losses.grpo_loss(logprobs, part, a, norm_constant=float(self.cfg.rollout.max_new_tokens))
-        self.policy.backward_step(loss)  # the loss above is already this rank's share of the global mean
-        with torch.no_grad():
-            entropy = grpo_math.entropy_from_logits(logits.detach())
-            stats["entropy_sum"] = (entropy * mask).sum()
-            stats["loss"] = loss.detach()
+        self.policy.backward_step(loss, boundary=last)  # the loss is already this rank's share of the global mean
+        stats["entropy_sum"] = (entropy * mask).sum()
+        stats["loss"] = loss.detach()
         return {k: float(v) for k, v in stats.items()}
 
     # ---------------------------------------------------------------------------- weight sync

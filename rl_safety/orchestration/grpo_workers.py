@@ -69,7 +69,8 @@ class GRPOWorkers:
                 options=lambda r: cluster.in_bundle(layout.learner_group, 0, layout.learner_share * 0.2, use_gpu),
                 kwargs=dict(model_path=cfg.model.path, dtype=cfg.model.dtype, temperature=ro.temperature,
                             micro_batch_size=cfg.learner.micro_batch_size, device="cuda" if use_gpu else "cpu",
-                            trust_remote_code=cfg.model.trust_remote_code))
+                            trust_remote_code=cfg.model.trust_remote_code,
+                            max_tokens_per_micro_batch=cfg.learner.max_tokens_per_micro_batch))
         self.groups["reward"] = start_reward_workers(cfg, tag)
         for role, group in self.groups.items():  # construction errors surface here, naming the group
             group.wait_started(hint=build_lock_hint if role == "learner" else None)
