@@ -82,7 +82,9 @@ class Learner:
         sums["empty_mini_batches"] = float(len(mini_batches) - len(trained))
         plans = [packing.micro_batches(mb["attention_mask"], lr.micro_batch_size, lr.max_tokens_per_micro_batch)
                  for mb in trained]
-        for mb, plan, count in zip(trained, plans, self._most_over_ranks([len(p) for p in plans])):
+        counts = self._most_over_ranks([len(p) for p in plans])
+        sums["micro_batches"] = float(sum(counts))  # forward/backward passes, the same on every rank
+        for mb, plan, count in zip(trained, plans, counts):
             plan = plan + [[]] * (count - len(plan))  # a zero-loss micro-batch where this rank has fewer
             for i, rows in enumerate(plan):
                 stats = self._micro_step(to_device(packing.select_rows(mb, rows), self.policy.device), a,

@@ -31,7 +31,7 @@ def merge_learner_stats(results: list[dict[str, float]], optimizer_steps: int) -
     summed = {k for res in results for k in res if k.endswith("_sum")} | {"token_count", "loss"}
     merged = {k: sum(res.get(k, 0.0) for res in results) for k in summed}
     merged["loss"] /= optimizer_steps
-    for k in ("grad_norm", "learning_rate", "optimizer_steps", "empty_mini_batches"):
+    for k in ("grad_norm", "learning_rate", "optimizer_steps", "empty_mini_batches", "micro_batches"):
         merged[k] = results[0][k]
     return merged
 

@@ -12,7 +12,7 @@ from rl_safety.trainers.grpo_metrics import importance_metrics, merge_learner_st
 
 def rank_stats(tokens: float, **sums: float) -> dict[str, float]:
     return {"token_count": tokens, "loss": 0.5, "grad_norm": 1.5, "learning_rate": 1e-3,
-            "optimizer_steps": 2.0, "empty_mini_batches": 0.0, **sums}
+            "optimizer_steps": 2.0, "empty_mini_batches": 0.0, "micro_batches": 4.0, **sums}
 
 
 def report(train_stats: dict[str, float]) -> dict[str, float]:
