@@ -4,6 +4,8 @@ packed forwards against padded ones: logprobs, entropy and the GRPO loss's param
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -41,6 +43,19 @@ def test_chunked_logprobs_entropy_and_gradient_equal_a_full_log_softmax(dtype, t
     torch.testing.assert_close(grad.float(), ref_grad, rtol=1e-5 if dtype == torch.float32 else 8e-3,
                                atol=1e-6 if dtype == torch.float32 else 1e-4)
     assert packing.chunked_logprobs(logits, targets, temperature)[1] is None
+
+
+def test_chunked_logprobs_and_entropy_by_hand():
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(6, 7, generator=g) * 3
+    tokens = torch.randint(0, 7, (6,), generator=g)
+    got, entropy = packing.chunked_logprobs(logits, tokens, temperature=0.7, chunk=4, with_entropy=True)
+    for t in range(6):
+        scaled = [float(v) / 0.7 for v in logits[t]]
+        z = math.log(sum(math.exp(v) for v in scaled))
+        assert math.isclose(float(got[t]), scaled[int(tokens[t])] - z, rel_tol=1e-5)
+        probs = [math.exp(v - z) for v in scaled]
+        assert math.isclose(float(entropy[t]), -sum(p * math.log(p) for p in probs), rel_tol=1e-5, abs_tol=1e-6)
 
 
 def test_first_fit_decreasing_by_hand():
