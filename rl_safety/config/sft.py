@@ -64,9 +64,9 @@ class SFTConfig(Section):
     @model_validator(mode="after")
     def _grpo_only_learner_keys(self) -> SFTConfig:
         if self.learner.max_tokens_per_micro_batch is not None:
-            raise Conflict("learner.max_tokens_per_micro_batch is GRPO's token budget; SFT packs examples into rows "
-                           "of data.max_tokens with training.packing=true", "learner.max_tokens_per_micro_batch",
-                           "training.packing")
+            raise Conflict("learner.max_tokens_per_micro_batch is GRPO's token budget; SFT packs examples into "
+                           "rows of data.max_tokens with training.packing=true",
+                           "learner.max_tokens_per_micro_batch", "training.packing")
         return self
 
     def batch_plan(self) -> str:

@@ -84,6 +84,7 @@ class Learner:
                  for mb in trained]
         counts = self._most_over_ranks([len(p) for p in plans])
         sums["micro_batches"] = float(sum(counts))  # forward/backward passes, the same on every rank
+        sums["padding_micro_batches"] = float(sum(counts) - sum(len(p) for p in plans))  # this rank's zero-loss ones
         for mb, plan, count in zip(trained, plans, counts):
             plan = plan + [[]] * (count - len(plan))  # a zero-loss micro-batch where this rank has fewer
             for i, rows in enumerate(plan):

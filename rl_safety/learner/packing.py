@@ -88,7 +88,8 @@ def first_fit_decreasing(lengths: Sequence[int], max_tokens: int) -> list[list[i
     room: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
         if lengths[i] > max_tokens:
-            raise ValueError(f"a sequence of {lengths[i]} tokens exceeds learner.max_tokens_per_micro_batch={max_tokens}")
+            raise ValueError(f"a sequence of {lengths[i]} tokens exceeds "
+                             f"learner.max_tokens_per_micro_batch={max_tokens}")
         b = next((b for b, r in enumerate(room) if r >= lengths[i]), None)
         if b is None:
             bins.append([])

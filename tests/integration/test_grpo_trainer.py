@@ -150,8 +150,9 @@ PACKED_BUDGET = 80
                     "learner.lora": {"rank": 8, "alpha": 16, "sync": "merged"},
                     "algorithm.importance_correction": "none"}),
     ],
-    ids=["zero2-separate-tied-dynamic-sampling-penalty-epochs-tis-user-estimator", "zero3-colocated-untied-kl3plus-packed",
-         "lora-merged-colocated-tied-kl", "lora-adapter-separate-untied-filter-mis-gspo-kl-in-reward-rfpp-baseline-packed",
+    ids=["zero2-separate-tied-dynamic-sampling-penalty-epochs-tis-user-estimator",
+         "zero3-colocated-untied-kl3plus-packed", "lora-merged-colocated-tied-kl",
+         "lora-adapter-separate-untied-filter-mis-gspo-kl-in-reward-rfpp-baseline-packed",
          "lora-merged-zero3-separate-untied-no-is"],
 )
 def test_sync_keeps_rollout_and_learner_logprobs_equal(tmp_path, tiny_models, prompt_file, embeddings, overrides):
