@@ -1,5 +1,6 @@
-"""GRPO math as pure functions of tensors: logprobs, importance weights, reward shaping and
-dynamic sampling. Advantages are in `advantages`, losses, KL and aggregation in `losses`.
+"""GRPO math as pure functions of tensors: importance weights, reward shaping and dynamic
+sampling. Advantages are in `advantages`, losses, KL and aggregation in `losses`; logprobs and
+entropy from a model's logits in `rl_safety.learner.packing`.
 
 Shapes: a batch of B sequences, grouped contiguously (rows [g*G, (g+1)*G) are the G completions
 of prompt g); token-level tensors are [B, T] with `mask` [B, T] (1.0 = a response token that
@@ -50,22 +51,6 @@ def truncated_importance_weights(old_logprobs: torch.Tensor, rollout_logprobs: t
         raise ValueError(f"unknown importance weighting mode={mode!r}")
     w = importance_ratios(old_logprobs, rollout_logprobs, mask, level)
     return w.clamp(max=cap) if mode == "truncate" else w * (w <= cap)
-
-
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor,
-                         temperature: float = 1.0) -> torch.Tensor:
-    """[B, T, V] logits, [B, T] tokens -> [B, T] log softmax(logits / temperature)[token]: the
-    definition of vLLM's processed logprobs when no top-k/top-p truncation applies."""
-    if temperature != 1.0:
-        logits = logits / temperature
-    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """[B, T, V] -> [B, T] entropy of softmax(logits), via logsumexp for stability."""
-    log_p = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
-    return -(log_p.exp() * log_p).sum(dim=-1)
 
 
 def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer_len: int,

@@ -68,6 +68,11 @@ class LearnerSection(Section):
     adam_betas: tuple[float, float] = Field((0.9, 0.999), strict=False, description="Adam's (beta1, beta2), each in [0, 1)")
     max_grad_norm: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(4, ge=1, description="sequences per forward/backward per rank")
+    max_tokens_per_micro_batch: int | None = Field(
+        None, ge=1, description="padding-free learner: each forward/backward (training, old and reference logprobs) "
+                                "packs whole sequences, padding removed, into micro-batches of at most this many "
+                                "tokens (first-fit decreasing), instead of micro_batch_size padded sequences; "
+                                "at least data.max_prompt_tokens + rollout.max_new_tokens. null: padded")
     lora: LoraSection | None = Field(None, description="train a LoRA adapter instead of all weights")
 
     @model_validator(mode="after")
@@ -248,6 +253,13 @@ class GRPOConfig(Section):
                 "sequences each rank gets per mini-batch",
                 "learner.micro_batch_size", "learner.num_ranks", "algorithm.mini_batches_per_step",
                 "algorithm.prompts_per_step", "algorithm.group_size")
+        longest = self.data.max_prompt_tokens + self.rollout.max_new_tokens
+        if lr.max_tokens_per_micro_batch is not None and lr.max_tokens_per_micro_batch < longest:
+            raise Conflict(
+                f"learner.max_tokens_per_micro_batch={lr.max_tokens_per_micro_batch} is below the longest "
+                f"possible sequence, data.max_prompt_tokens + rollout.max_new_tokens = {longest}: such a "
+                "sequence would fit in no micro-batch",
+                "learner.max_tokens_per_micro_batch", "data.max_prompt_tokens", "rollout.max_new_tokens")
         if self.rollout.temperature == 0:
             raise Conflict("rollout.temperature must be > 0: the learner's logprobs are divided by it",
                            "rollout.temperature")

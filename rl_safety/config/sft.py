@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rl_safety.config.cluster import LearnerClusterSection
 from rl_safety.config.grpo import LearnerSection, ModelSection
-from rl_safety.config.loader import NameInParent, Section
+from rl_safety.config.loader import Conflict, NameInParent, Section
 
 Family = Literal["auto", "r1_distill", "qwen3", "llama", "generic"]
 
@@ -60,6 +60,14 @@ class SFTConfig(Section):
     training: SFTTrainingSection = SFTTrainingSection()
     cluster: LearnerClusterSection = LearnerClusterSection()
     run: SFTRunSection = SFTRunSection()
+
+    @model_validator(mode="after")
+    def _grpo_only_learner_keys(self) -> SFTConfig:
+        if self.learner.max_tokens_per_micro_batch is not None:
+            raise Conflict("learner.max_tokens_per_micro_batch is GRPO's token budget; SFT packs examples into "
+                           "rows of data.max_tokens with training.packing=true",
+                           "learner.max_tokens_per_micro_batch", "training.packing")
+        return self
 
     def batch_plan(self) -> str:
         lr, t = self.learner, self.training

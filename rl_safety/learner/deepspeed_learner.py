@@ -13,6 +13,7 @@ import torch
 
 from rl_safety.algorithms import grpo_math, losses, registry
 from rl_safety.config.grpo import GRPOConfig
+from rl_safety.learner import packing
 from rl_safety.learner.logprobs import sequence_logprobs
 from rl_safety.learner.model import PolicyModel, disable_dropout, frozen_reference, to_device
 
@@ -56,8 +57,22 @@ class Learner:
         return self._logprobs(self.engine, input_ids, attention_mask)
 
     def _logprobs(self, model, input_ids, attention_mask) -> torch.Tensor:
+        lr = self.cfg.learner
         return sequence_logprobs(model, input_ids, attention_mask, self.cfg.rollout.temperature,
-                                 self.cfg.learner.micro_batch_size, self.policy.device)
+                                 lr.micro_batch_size, self.policy.device, lr.max_tokens_per_micro_batch,
+                                 common_count=lambda n: self._most_over_ranks([n])[0])
+
+    def _most_over_ranks(self, counts: list[int]) -> list[int]:
+        """The element-wise maximum of `counts` over the ranks: packed micro-batch counts differ
+        between ranks, and every rank must run as many forwards (ZeRO-3 gathers the weights in
+        each) and backwards (ZeRO-2/3 reduce gradients in them)."""
+        if self.world_size == 1 or self.cfg.learner.max_tokens_per_micro_batch is None or not counts:
+            return counts  # padded micro-batches: the same count on every rank already
+        import torch.distributed as dist
+
+        most = torch.tensor(counts, device=self.policy.device)  # NCCL takes no CPU tensors
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        return most.tolist()
 
     # ------------------------------------------------------------------------------- update
     def train(self, mini_batches: list[dict[str, Any]]) -> dict[str, float]:
@@ -73,23 +88,29 @@ class Learner:
         belong to, for the driver's checks (`old_logprobs`, `rows`)."""
         a = self.cfg.algorithm
         self.engine.train()
-        sums: dict[str, float] = {"empty_mini_batches": 0.0}
-        micro = self.cfg.learner.micro_batch_size
+        sums: dict[str, float] = {}
+        lr = self.cfg.learner
         steps_before = self.policy.optimizer_steps
         reused: dict[str, list[torch.Tensor]] = {"old_logprobs": [], "rows": []}
-        for mb in mini_batches:
-            if mb["global_tokens"] == 0:
-                sums["empty_mini_batches"] += 1
-                continue
-            for start in range(0, mb["input_ids"].shape[0], micro):
-                part = to_device({k: (v[start : start + micro] if isinstance(v, torch.Tensor) else v)
-                                  for k, v in mb.items()}, self.policy.device)
-                on_policy = "old_logprobs" not in part
-                stats = self._micro_step(part, a)
+        trained = [mb for mb in mini_batches if mb["global_tokens"] > 0]
+        sums["empty_mini_batches"] = float(len(mini_batches) - len(trained))
+        plans = [packing.micro_batches(mb["attention_mask"], lr.micro_batch_size, lr.max_tokens_per_micro_batch)
+                 for mb in trained]
+        counts = self._most_over_ranks([len(p) for p in plans])
+        sums["micro_batches"] = float(sum(counts))  # forward/backward passes, the same on every rank
+        sums["padding_micro_batches"] = float(sum(counts) - sum(len(p) for p in plans))  # this rank's zero-loss ones
+        for mb, plan, count in zip(trained, plans, counts):
+            plan = plan + [[]] * (count - len(plan))  # a zero-loss micro-batch where this rank has fewer
+            for i, rows in enumerate(plan):
+                part = to_device(packing.select_rows(mb, rows), self.policy.device)
+                on_policy = "old_logprobs" not in part and bool(rows)  # a padding micro-batch has no rows
+                stats = self._micro_step(part, a, last=i == len(plan) - 1)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
-                if on_policy:
-                    reused["old_logprobs"].append(part["old_logprobs"].cpu())
+                if on_policy:  # trimmed to the micro-batch's longest sequence: padded back to the batch's width
+                    old = part["old_logprobs"].cpu()
+                    reused["old_logprobs"].append(
+                        torch.nn.functional.pad(old, (0, mb["rollout_logprobs"].shape[1] - old.shape[1])))
                     reused["rows"].append(part["rows"].cpu())
         optimizer_steps = float(self.policy.optimizer_steps - steps_before)
         if reused["rows"]:
@@ -98,21 +119,19 @@ class Learner:
                 "grad_norm": self.policy.grad_norm() if optimizer_steps else float("nan"),
                 "learning_rate": self.policy.learning_rate()}
 
-    def _micro_step(self, part: dict[str, Any], a) -> dict[str, float]:
+    def _micro_step(self, part: dict[str, Any], a, last: bool) -> dict[str, float]:
+        """Forward, loss and backward of one micro-batch; `last` (of its mini-batch) takes the
+        optimizer step, however many micro-batches packing made."""
         mask = part["response_mask"]
-        logits = self.engine(
-            input_ids=part["input_ids"], attention_mask=part["attention_mask"], use_cache=False
-        ).logits[:, :-1].float()
-        logits = logits / self.cfg.rollout.temperature
-        logprobs = grpo_math.logprobs_from_logits(logits, part["input_ids"][:, 1:])
+        logprobs, entropy = packing.forward_logprobs(
+            self.engine, part["input_ids"], part["attention_mask"], self.cfg.rollout.temperature,
+            packed=self.cfg.learner.max_tokens_per_micro_batch is not None, with_entropy=True)
         if "old_logprobs" not in part:
             part.update(self._on_policy_inputs(logprobs.detach(), part, a))
         loss, stats = losses.grpo_loss(logprobs, part, a, norm_constant=float(self.cfg.rollout.max_new_tokens))
-        self.policy.backward_step(loss)  # the loss above is already this rank's share of the global mean
-        with torch.no_grad():
-            entropy = grpo_math.entropy_from_logits(logits.detach())
-            stats["entropy_sum"] = (entropy * mask).sum()
-            stats["loss"] = loss.detach()
+        self.policy.backward_step(loss, boundary=last)  # the loss is already this rank's share of the global mean
+        stats["entropy_sum"] = (entropy * mask).sum()
+        stats["loss"] = loss.detach()
         return {k: float(v) for k, v in stats.items()}
 
     @staticmethod

@@ -6,21 +6,36 @@ Token-level tensors are *shifted*: position t of a [B, L-1] tensor refers to tok
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from rl_safety.algorithms.grpo_math import logprobs_from_logits
+from rl_safety.learner import packing
 from rl_safety.learner.model import to_device
 
 
 def sequence_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      temperature: float, micro_batch_size: int, device: torch.device | str) -> torch.Tensor:
-    """Logprobs [B, L-1] of each next token (temperature-scaled, as vLLM's processed logprobs),
-    computed micro-batch by micro-batch on `device` (the model's) and returned on the CPU, where
-    the driver compares them with vLLM's and ships them to the learners."""
-    logprobs = []
-    for start in range(0, input_ids.shape[0], micro_batch_size):
-        part = to_device({"input_ids": input_ids[start : start + micro_batch_size],
-                          "attention_mask": attention_mask[start : start + micro_batch_size]}, device)
-        logits = model(**part, use_cache=False).logits[:, :-1].float()
-        logprobs.append(logprobs_from_logits(logits, part["input_ids"][:, 1:], temperature))
-    return torch.cat(logprobs).cpu()
+                      temperature: float, micro_batch_size: int, device: torch.device | str,
+                      max_tokens_per_micro_batch: int | None = None,
+                      common_count: Callable[[int], int] | None = None) -> torch.Tensor:
+    """Logprobs [B, L-1] of each next token (temperature-scaled, as vLLM's processed logprobs) of
+    the right-padded batch, computed micro-batch by micro-batch on `device` (the model's) and
+    returned on the CPU, where the driver compares them with vLLM's and ships them to the
+    learners. Micro-batches: `micro_batch_size` padded rows, or (`max_tokens_per_micro_batch`
+    set) packed bins of at most that many tokens (`rl_safety.learner.packing`).
+    `common_count`: data-parallel ranks whose forwards are collectives (ZeRO-3) must run equally
+    many; it maps this rank's micro-batch count to the count all ranks run, and the missing
+    ones are two-token forwards whose output is discarded."""
+    plan = packing.micro_batches(attention_mask, micro_batch_size, max_tokens_per_micro_batch)
+    if common_count is not None:
+        plan += [[]] * (common_count(len(plan)) - len(plan))
+    logprobs = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1)
+    for rows in plan:  # an empty one only keeps the ranks' collectives in step
+        part = to_device(packing.select_rows({"input_ids": input_ids, "attention_mask": attention_mask}, rows),
+                         device)
+        values, _ = packing.forward_logprobs(model, part["input_ids"], part["attention_mask"], temperature,
+                                             packed=max_tokens_per_micro_batch is not None)
+        if rows:
+            logprobs[rows, : values.shape[1]] = values.float().cpu()
+    return logprobs
+

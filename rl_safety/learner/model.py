@@ -196,10 +196,14 @@ class PolicyModel:
         return torch.device(self.engine.device)
 
     # ------------------------------------------------------------------------------- update
-    def backward_step(self, loss: torch.Tensor) -> None:
+    def backward_step(self, loss: torch.Tensor, boundary: bool | None = None) -> None:
         """Backward and (at an accumulation boundary) optimizer step for a loss that is already
         this rank's share of the whole optimizer step's mean: DeepSpeed's averaging over ranks
-        and accumulation steps is undone."""
+        and accumulation steps is undone. `boundary`: whether this micro-batch ends the
+        optimizer step, for a caller whose micro-batch count varies (packing); None: every
+        `accumulation`-th call, DeepSpeed's own count."""
+        if boundary is not None:
+            self.engine.set_gradient_accumulation_boundary(boundary)
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
         if self.engine.is_gradient_accumulation_boundary() and self.learner_cfg.zero_stage == 0:
             # DeepSpeed reports the global grad norm only from its ZeRO / bf16 optimizers; at

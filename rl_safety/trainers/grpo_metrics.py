@@ -25,13 +25,15 @@ def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
 
 
 def merge_learner_stats(results: list[dict[str, float]], optimizer_steps: int) -> dict[str, float]:
-    """One rollout batch's update over all ranks: token counts and per-token sums (`*_sum`) added
-    (a rank whose mini-batches were all empty has none), the loss averaged over the optimizer
+    """One rollout batch's update over all ranks: token counts, per-token sums (`*_sum`) and the
+    zero-loss micro-batches that evened out the ranks' packed counts added (a rank whose
+    mini-batches were all empty has none), the loss averaged over the optimizer
     steps (an empty mini-batch counts as loss 0), the rest as rank 0 reports it (all equal)."""
-    summed = {k for res in results for k in res if k.endswith("_sum")} | {"token_count", "loss"}
+    summed = {k for res in results for k in res if k.endswith("_sum")}
+    summed |= {"token_count", "loss", "padding_micro_batches"}
     merged = {k: sum(res.get(k, 0.0) for res in results) for k in summed}
     merged["loss"] /= optimizer_steps
-    for k in ("grad_norm", "learning_rate", "optimizer_steps", "empty_mini_batches"):
+    for k in ("grad_norm", "learning_rate", "optimizer_steps", "empty_mini_batches", "micro_batches"):
         merged[k] = results[0][k]
     return merged
 

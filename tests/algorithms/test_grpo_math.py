@@ -49,33 +49,6 @@ def test_importance_weights(level, mode):
     assert not got.requires_grad
 
 
-def test_logprobs_and_entropy_from_logits():
-    g = torch.Generator().manual_seed(6)
-    logits = torch.randn(2, 3, 7, generator=g) * 3
-    tokens = torch.randint(0, 7, (2, 3), generator=g)
-    got = gm.logprobs_from_logits(logits, tokens, temperature=0.7)
-    ent = gm.entropy_from_logits(logits)
-    for b in range(2):
-        for t in range(3):
-            scaled = [float(v) / 0.7 for v in logits[b, t]]
-            z = math.log(sum(math.exp(v) for v in scaled))
-            assert math.isclose(float(got[b, t]), scaled[int(tokens[b, t])] - z, rel_tol=1e-5)
-            raw = [float(v) for v in logits[b, t]]
-            zr = math.log(sum(math.exp(v) for v in raw))
-            probs = [math.exp(v - zr) for v in raw]
-            assert math.isclose(float(ent[b, t]), -sum(p * math.log(p) for p in probs), rel_tol=1e-5)
-
-
-def test_logprobs_from_logits_can_be_chunked_over_tokens():
-    g = torch.Generator().manual_seed(8)
-    logits = torch.randn(2, 6, 11, generator=g)
-    tokens = torch.randint(0, 11, (2, 6), generator=g)
-    whole = gm.logprobs_from_logits(logits, tokens, temperature=1.3)
-    chunks = [gm.logprobs_from_logits(logits[:, i:i + 2], tokens[:, i:i + 2], temperature=1.3)
-              for i in range(0, 6, 2)]
-    assert_close(torch.cat(chunks, dim=1), whole)
-
-
 def test_overlong_penalty_and_filter():
     lengths = torch.tensor([10, 60, 70, 80, 90])
     got = gm.overlong_penalty(lengths, max_len=80, buffer_len=20, penalty_factor=2.0)

@@ -158,3 +158,13 @@ def test_kl_options_that_have_a_meaning_load(tmp_path):
                       ["algorithm.policy_loss=gspo", "algorithm.loss_aggregation=seq_mean_token_mean",
                        "algorithm.dual_clip=null", "rollout.top_p=1.0", "rollout.top_k=0"]):
         load_config(GRPOConfig, write(tmp_path, BASE), overrides)
+
+
+def test_the_packed_token_budget_must_hold_the_longest_sequence(tmp_path):
+    path = write(tmp_path, {**BASE, "data": {**BASE["data"], "max_prompt_tokens": 100},
+                            "rollout": {**BASE.get("rollout", {}), "max_new_tokens": 28}})
+    with pytest.raises(ConfigError, match=r"learner.max_tokens_per_micro_batch=127 is below the longest possible "
+                                          r"sequence, data.max_prompt_tokens \+ rollout.max_new_tokens = 128"):
+        load_config(GRPOConfig, path, ["learner.max_tokens_per_micro_batch=127"])
+    assert load_config(GRPOConfig, path, ["learner.max_tokens_per_micro_batch=128"]).learner.max_tokens_per_micro_batch == 128
+    assert load_config(GRPOConfig, path).learner.max_tokens_per_micro_batch is None  # default: the padded path

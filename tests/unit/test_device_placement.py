@@ -60,7 +60,7 @@ class MetaPolicy:
     def __init__(self, module: MetaLM) -> None:
         self.engine = module
 
-    def backward_step(self, loss: torch.Tensor) -> None:
+    def backward_step(self, loss: torch.Tensor, boundary: bool | None = None) -> None:
         raise LossReached(loss)
 
 

@@ -12,7 +12,7 @@ from rl_safety.trainers.grpo_metrics import importance_metrics, merge_learner_st
 
 def rank_stats(tokens: float, **sums: float) -> dict[str, float]:
     return {"token_count": tokens, "loss": 0.5, "grad_norm": 1.5, "learning_rate": 1e-3,
-            "optimizer_steps": 2.0, "empty_mini_batches": 0.0, **sums}
+            "optimizer_steps": 2.0, "empty_mini_batches": 0.0, "micro_batches": 4.0, "padding_micro_batches": 1.0, **sums}
 
 
 def report(train_stats: dict[str, float]) -> dict[str, float]:
@@ -28,6 +28,7 @@ def test_per_token_means_add_up_over_ranks_even_when_one_rank_had_no_token():
                                   rank_stats(0.0)], optimizer_steps=2)
     assert merged["loss"] == 0.5  # (0.5 + 0.5) / 2 optimizer steps
     assert (merged["grad_norm"], merged["optimizer_steps"], merged["empty_mini_batches"]) == (1.5, 2.0, 0.0)
+    assert (merged["micro_batches"], merged["padding_micro_batches"]) == (4.0, 2.0)  # per rank; over ranks
     m = report(merged)
     assert (m["clip_fraction"], m["entropy"], m["kl"], m["train/loss_tokens"]) == (0.5, 2.0, 0.25, 6.0)
     assert m["reward/r/mean"] == 2 / 3 and m["reward/r/coverage"] == 0.75

@@ -32,7 +32,7 @@ class PlainPolicy:
     def __init__(self, module: torch.nn.Module) -> None:
         self.engine = self.module = module
 
-    def backward_step(self, loss: torch.Tensor) -> None:
+    def backward_step(self, loss: torch.Tensor, boundary: bool | None = None) -> None:
         loss.backward()
 
     def grad_norm(self) -> float:
