@@ -167,8 +167,10 @@ def run_ours(spec: dict) -> list[dict]:
     grpo.GRPOTrainer.step = timed_step
     grpo.run_grpo(cfg, str(path))
     rows = [json.loads(line) for line in (Path(cfg.run.output_dir) / cfg.run.name / "metrics.jsonl").read_text().splitlines()]
-    return [{"step_s": wall, "tokens": row["tokens_generated"], "logprob_diff": row["rollout_learner_logprob_diff"],
-             **{p: row[f"timing/{'weight_sync' if p == 'sync' else p}"] for p in PHASES}}
+    # a phase that did not run in a step (e.g. no old-logprob pass on-policy) has no timing key
+    return [{"step_s": wall, "tokens": row["tokens_generated"],
+             **({"logprob_diff": row["rollout_learner_logprob_diff"]} if "rollout_learner_logprob_diff" in row else {}),
+             **{p: row.get(f"timing/{'weight_sync' if p == 'sync' else p}", 0.0) for p in PHASES}}
             for wall, row in zip(walls, rows)]
 
 
