@@ -489,7 +489,8 @@ def main() -> None:
         results = {system: run_system(system, spec, args.timeout_s) for system in systems}
         reports.append(report(size, w, n_params, results, spec))
         print(reports[-1], flush=True)
-    print("\n" + "\n".join(reports))
+    if len(reports) > 1:  # all sizes together at the end
+        print("\n" + "\n".join(reports))
 
 
 if __name__ == "__main__":
