@@ -446,6 +446,12 @@ def report(size: str, w: Workload, n_params: int, results: dict[str, dict], spec
                 continue
             lines.append(f"ours / {LABELS[system]}: step time {ours['step_s'][0] / s['step_s'][0]:.2f}x, "
                          f"time per generated token {s['tokens_per_s'] / ours['tokens_per_s']:.2f}x")
+        if "limit" in summaries:  # the limit is a floor only if each of its parts is faster than ours
+            for phase in ("generation", "train"):
+                limit, own = summaries["limit"][phase][0], ours[phase][0]
+                if limit > own:
+                    lines.append(f"warning: the limit's {phase} ({limit:.2f} s) is slower than ours' ({own:.2f} s): "
+                                 "not a floor for this phase here (see its log)")
     return "\n".join(lines)
 
 
