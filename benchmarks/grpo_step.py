@@ -378,8 +378,9 @@ def run_system(system: str, spec: dict, timeout_s: float) -> dict:
     spec_path.write_text(json.dumps(spec))
     log = Path(spec["out"]) / f"{system}.log"
     print(f"[{time.strftime('%H:%M:%S')}] {system}: running (log {log})", flush=True)
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "VLLM_CPU_KVCACHE_SPACE": "1"}  # TRL's vLLM: 1 GiB KV cache (its own default is 4)
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if system.startswith("trl-vllm"):  # TRL's LLM takes no KV size: 1 GiB (vLLM-cpu's default is 4);
+        env["VLLM_CPU_KVCACHE_SPACE"] = "1"  # ours and the limit set theirs (rollout.kv_cache_memory_mb)
     try:
         with open(log, "w") as out:
             proc = subprocess.run([sys.executable, __file__, "--child", str(spec_path)], stdout=out,
