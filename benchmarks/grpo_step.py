@@ -166,7 +166,8 @@ def run_ours(spec: dict) -> list[dict]:
 
     grpo.GRPOTrainer.step = timed_step
     grpo.run_grpo(cfg, str(path))
-    rows = [json.loads(line) for line in (Path(cfg.run.output_dir) / cfg.run.name / "metrics.jsonl").read_text().splitlines()]
+    metrics = Path(cfg.run.output_dir) / cfg.run.name / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     # a phase that did not run in a step (e.g. no old-logprob pass on-policy) has no timing key
     return [{"step_s": wall, "tokens": row["tokens_generated"],
              **({"logprob_diff": row["rollout_learner_logprob_diff"]} if "rollout_learner_logprob_diff" in row else {}),
@@ -322,8 +323,8 @@ def run_limit(spec: dict) -> list[dict]:
         batch = prompts[step * w.prompts:(step + 1) * w.prompts]
         set_threads(1)
         start = time.perf_counter()
-        groups = engine.generate([p.token_ids for p in batch], [sample_seed(cfg.run.seed, step, 0, p.index) for p in batch],
-                                 w.group, cfg.rollout)
+        seeds = [sample_seed(cfg.run.seed, step, 0, p.index) for p in batch]
+        groups = engine.generate([p.token_ids for p in batch], seeds, w.group, cfg.rollout)
         generated = time.perf_counter()
         completions = [(p, c) for p, group in zip(batch, groups) for c in group]
         advantages = group_advantages(char_fraction([c.text for _, c in completions]), w.group)
