@@ -203,8 +203,13 @@ class GRPOTrainer:
             old = reused_old
             self._check_learner_logprobs(step, old, batch, metrics, updated=True)
         if a.importance_correction != "none":
+            # the weights the update used: sent with the batch, or (on-policy) computed in the
+            # learners from the same old logprobs and function
+            weights = batch.get("importance_weights")
+            if weights is None:
+                weights = self._importance_weights(old, batch)
             metrics.update(importance_metrics(
-                self._importance_weights(old, batch),
+                weights,
                 grpo_math.importance_ratios(old, batch["rollout_logprobs"], loss_mask, a.importance_level),
                 loss_mask, a.importance_cap))
         sequence_tokens = int(batch["attention_mask"].sum())
