@@ -17,9 +17,9 @@ temperature 1, fp32, no KL, one learner process, one optimizer step per rollout 
 - `limit`: the floor for any framework, no orchestration: an in-process vLLM engine with our
   engine settings (the project's `RolloutEngine`, TP 1, in-process, one thread as Ray gives ours'
   engine) generates the batch, and one
-  forward/backward over the generated tokens (plain PyTorch, length-sorted micro-batches of
-  sequences within 10% of their longest, so >= 90% of the computed tokens are real; token-mean GRPO
-  loss, AdamW step). It has no weight
+  forward/backward over the generated tokens (plain PyTorch, the learner's length buckets:
+  length-sorted micro-batches of sequences within 10% of their longest, each padded to it, so >= 90%
+  of the computed tokens are real; token-mean GRPO loss, AdamW step). It has no weight
   sync (vLLM is not updated) and no old-logprob pass (on-policy: the ratio is exactly 1).
 
 Each system runs in a process of its own, one after another, so each leaves the machine idle for
@@ -170,6 +170,7 @@ def run_ours(spec: dict) -> list[dict]:
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     # a phase that did not run in a step (e.g. no old-logprob pass on-policy) has no timing key
     return [{"step_s": wall, "tokens": row["tokens_generated"],
+             "real_token_fraction": row["train/real_token_fraction"],
              **({"logprob_diff": row["rollout_learner_logprob_diff"]} if "rollout_learner_logprob_diff" in row else {}),
              **{p: row.get(f"timing/{'weight_sync' if p == 'sync' else p}", 0.0) for p in PHASES}}
             for wall, row in zip(walls, rows)]
@@ -266,21 +267,6 @@ def wait_for_server(server: subprocess.Popen, health_url: str, log: Path, timeou
     raise TimeoutError(f"trl vllm-serve did not answer {health_url} within {timeout_s:.0f} s")
 
 
-def length_sorted_micro_batches(lengths: list[int], token_budget: int, min_fill: float = 0.9) -> list[list[int]]:
-    """Sequence indices grouped into micro-batches, longest first: each is padded only to its own
-    longest sequence, holds at most `token_budget` tokens after that padding, and takes only
-    sequences of at least `min_fill` x that length (so at most 1 - min_fill of any row is
-    padding: the forward/backward computes about the generated tokens, as packing would)."""
-    batches: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        width = lengths[batches[-1][0]] if batches else 0
-        if batches and (len(batches[-1]) + 1) * width <= token_budget and lengths[i] >= min_fill * width:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
-
-
 def group_advantages(rewards: list[float], group: int) -> list[float]:
     """GRPO's (r - group mean) / (group std + 1e-4), population std, as ours."""
     out = []
@@ -296,6 +282,7 @@ def run_limit(spec: dict) -> list[dict]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rl_safety.data.prompts import build_prompts, load_rows
+    from rl_safety.learner.packing import length_buckets
     from rl_safety.orchestration.actor_group import sample_seed
     from rl_safety.rollout.vllm_engine import RolloutEngine, checked_max_model_len
 
@@ -333,7 +320,7 @@ def run_limit(spec: dict) -> list[dict]:
         sequences = [p.token_ids + c.token_ids for p, c in completions]
         response_tokens = sum(len(c.token_ids) for _, c in completions)
         computed = 0
-        for rows in length_sorted_micro_batches([len(s) for s in sequences], token_budget):
+        for rows in length_buckets([len(s) for s in sequences], token_budget):
             width = len(sequences[rows[0]])
             ids = torch.zeros(len(rows), width, dtype=torch.long)
             attention = torch.zeros(len(rows), width, dtype=torch.long)
@@ -439,8 +426,11 @@ def report(size: str, w: Workload, n_params: int, results: dict[str, dict], spec
         limit_steps = results["limit"]["steps"][1:]
         lengths = sorted(n for s in limit_steps for n in s["lengths"])
         lines.append(f"limit: response lengths median {statistics.median(lengths):.0f}, p90 "
-                     f"{lengths[int(0.9 * (len(lengths) - 1))]}, max {lengths[-1]}; its micro-batches computed "
-                     f"{statistics.fmean(s['real_token_fraction'] for s in limit_steps):.0%} real tokens")
+                     f"{lengths[int(0.9 * (len(lengths) - 1))]}, max {lengths[-1]}")
+    for system in summaries:  # the learners' micro-batches: real tokens / token positions computed
+        if all("real_token_fraction" in s for s in results[system]["steps"][1:]):
+            fraction = statistics.fmean(s["real_token_fraction"] for s in results[system]["steps"][1:])
+            lines.append(f"{LABELS[system]}: its micro-batches computed {fraction:.1%} real tokens")
     if "ours" in summaries:
         ours = summaries["ours"]
         for system, s in summaries.items():

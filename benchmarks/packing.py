@@ -1,28 +1,32 @@
-"""Padded vs packed (padding-free) learner passes on a long-tail batch.
+"""Padded vs token-budget (concatenated, length-bucket) learner passes on a long-tail batch.
 
     python benchmarks/packing.py                     # 64 sequences, ~29M-parameter Qwen2, fp32 CPU
     python benchmarks/packing.py --sequences 8 --layers 1 --hidden 64 --max-response 64   # smoke size
+    python benchmarks/packing.py --layouts padded,"length buckets"                         # some layouts
 
 The workload: prompts of 16-64 tokens, responses drawn from a lognormal (median
 `--median-response`, sigma `--sigma`) clipped to [16, `--max-response`] tokens: a few long
 reasoning traces among many short ones. Token ids are random (the cost does not depend on them).
 The model is a randomly initialised Qwen2 built in memory (no tokenizer needed).
 
-Three layouts of the same batch, each run through the learner's own functions
+Four layouts of the same batch, each run through the learner's own functions
 (`rl_safety.learner.packing.forward_logprobs` per micro-batch, as the learner's training and
 logprob passes run it, and `rl_safety.algorithms.losses.grpo_loss`):
-- `padded, batch max`: micro-batches of `--micro-batch-size` sequences, every one padded to the
+- `padded to batch max`: micro-batches of `--micro-batch-size` sequences, every one padded to the
   longest sequence of the whole batch (the learner's layout before packing);
 - `padded`: the same micro-batches, each trimmed to its own longest sequence (the padded path
   today, `learner.max_tokens_per_micro_batch: null`);
-- `packed`: sequences packed first-fit decreasing into micro-batches of at most `--budget`
-  tokens (default: the longest possible sequence, 64 + max_response), padding removed.
+- `concatenated`: sequences packed first-fit decreasing into one row of at most `--budget`
+  tokens each (default: the longest possible sequence, 64 + max_response), padding removed;
+- `length buckets`: length-sorted sequences within 10% of their micro-batch's longest, padded rows
+  trimmed to it, at most `--budget` padded tokens a micro-batch (`learner.packing_layout`'s
+  choice for sdpa / eager attention, which this CPU model uses).
 
 For each: the training pass (forward, GRPO loss with KL, backward, over the whole batch) and the
 no-grad logprob pass; the real-token fraction (real tokens / tokens the model computed); wall
-time; padded/packed time ratios; and the peak resident-memory growth of the pass, measured in a
-fresh process per layout and pass (`ru_maxrss` after the pass minus the RSS before it: the
-allocations the pass made beyond what was already resident).
+time; each layout's time over the length buckets'; and the peak resident-memory growth of the
+pass, measured in a fresh process per layout and pass (`ru_maxrss` after the pass minus the RSS
+before it: the allocations the pass made beyond what was already resident).
 """
 
 from __future__ import annotations
@@ -44,7 +48,9 @@ from rl_safety.algorithms import losses  # noqa: E402
 from rl_safety.config.grpo import AlgorithmSection  # noqa: E402
 from rl_safety.learner import packing  # noqa: E402
 
-LAYOUTS = ("padded, batch max", "padded", "packed")
+LAYOUTS = ("padded to batch max", "padded", "concatenated", "length buckets")
+LEARNER_LAYOUT = {"padded to batch max": "padded", "padded": "padded", "concatenated": "concatenated",
+                  "length buckets": "length_buckets"}
 PROMPT_TOKENS = (16, 64)
 
 
@@ -87,21 +93,16 @@ def long_tail_batch(args) -> dict:
 
 
 def micro_batches(batch: dict, layout: str, args) -> list[dict]:
-    mask = batch["attention_mask"]
-    budget = None if layout.startswith("padded") else args.budget
-    plan = packing.micro_batches(mask, args.micro_batch_size, budget)
+    plan = packing.micro_batches(batch["attention_mask"], LEARNER_LAYOUT[layout], args.micro_batch_size, args.budget)
     tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
     scalars = {"global_tokens": batch["global_tokens"], "global_sequences": batch["global_sequences"]}
-    if layout == "padded, batch max":
+    if layout == "padded to batch max":
         return [{**{k: v[rows] for k, v in tensors.items()}, **scalars} for rows in plan]
     return [{**packing.select_rows(tensors, rows), **scalars} for rows in plan]
 
 
 def computed_tokens(parts: list[dict], layout: str) -> int:
-    """Token positions the model runs: rows x width padded, the real tokens packed."""
-    if layout == "packed":
-        return sum(int(p["attention_mask"].sum()) for p in parts)
-    return sum(p["input_ids"].numel() for p in parts)
+    return sum(packing.computed_tokens(p["attention_mask"], LEARNER_LAYOUT[layout]) for p in parts)
 
 
 def train_pass(model, parts: list[dict], packed: bool, cfg) -> None:
@@ -130,7 +131,7 @@ def measure(args, layout: str, which: str, out) -> None:
     torch.set_num_threads(args.threads) if args.threads else None
     model = build_model(args).train() if which == "train" else build_model(args).eval()
     parts = micro_batches(long_tail_batch(args), layout, args)
-    packed = layout == "packed"
+    packed = layout == "concatenated"
     with torch.no_grad():  # the first forward's one-time costs stay out of the timing
         packing.forward_logprobs(model, parts[0]["input_ids"][:1, :2], parts[0]["attention_mask"][:1, :2], 1.0, packed)
     before = rss_bytes()
@@ -162,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-response", type=int, default=1024)
     parser.add_argument("--micro-batch-size", type=int, default=4)
     parser.add_argument("--budget", type=int, default=None,
-                        help="packed micro-batch tokens (default: the longest possible sequence)")
+                        help="token-budget micro-batch tokens (default: the longest possible sequence)")
+    parser.add_argument("--layouts", default=",".join(LAYOUTS), help=f"comma-separated, of {', '.join(LAYOUTS)}")
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=8192)
@@ -170,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.budget = args.budget or PROMPT_TOKENS[1] + args.max_response
+    layouts = args.layouts.split(",")
+    if set(layouts) - set(LAYOUTS):
+        parser.error(f"--layouts: unknown {sorted(set(layouts) - set(LAYOUTS))}; choose from {list(LAYOUTS)}")
 
     batch = long_tail_batch(args)
     params = sum(p.numel() for p in build_model(args).parameters())
@@ -180,27 +185,28 @@ def main(argv: list[str] | None = None) -> None:
           f"{int(np.median(batch['responses']))}, mean {batch['responses'].mean():.0f}, max "
           f"{batch['responses'].max()} (lognormal, median {args.median_response:g}, sigma {args.sigma:g}, clipped "
           f"to [16, {args.max_response}]); prompts {PROMPT_TOKENS[0]}-{PROMPT_TOKENS[1]} tokens")
-    print(f"padded: {args.micro_batch_size} sequences per micro-batch; packed: at most {args.budget} tokens per "
-          "micro-batch\n")
+    print(f"padded: {args.micro_batch_size} sequences per micro-batch; concatenated, length buckets: at most "
+          f"{args.budget} tokens per micro-batch\n")
     rows = {}
-    for layout in LAYOUTS:
+    for layout in layouts:
         parts = micro_batches(batch, layout, args)
         computed = computed_tokens(parts, layout)
         rows[layout] = {"micro": len(parts), "fraction": real / computed, "computed": computed,
                         **{which: run_isolated(args, layout, which) for which in ("train", "logprobs")}}
-    header = (f"{'layout':<18} {'micro-batches':>13} {'tokens computed':>15} {'real fraction':>13} "
+    header = (f"{'layout':<20} {'micro-batches':>13} {'tokens computed':>15} {'real fraction':>13} "
               f"{'train s':>8} {'logprobs s':>10} {'train peak MB':>13} {'logprobs peak MB':>16}")
     print(header)
     print("-" * len(header))
     for layout, r in rows.items():
-        print(f"{layout:<18} {r['micro']:>13} {r['computed']:>15} {r['fraction']:>13.1%} {r['train'][0]:>8.1f} "
+        print(f"{layout:<20} {r['micro']:>13} {r['computed']:>15} {r['fraction']:>13.1%} {r['train'][0]:>8.1f} "
               f"{r['logprobs'][0]:>10.1f} {r['train'][1] / 2**20:>13.0f} {r['logprobs'][1] / 2**20:>16.0f}")
-    packed = rows["packed"]
-    print()
-    for layout in LAYOUTS[:2]:
-        r = rows[layout]
-        print(f"{layout} / packed time: train {r['train'][0] / packed['train'][0]:.2f}x, logprobs "
-              f"{r['logprobs'][0] / packed['logprobs'][0]:.2f}x")
+    if "length buckets" in rows:
+        buckets = rows["length buckets"]
+        print()
+        for layout in [layout for layout in rows if layout != "length buckets"]:
+            r = rows[layout]
+            print(f"{layout} / length buckets time: train {r['train'][0] / buckets['train'][0]:.2f}x, logprobs "
+                  f"{r['logprobs'][0] / buckets['logprobs'][0]:.2f}x")
 
 
 if __name__ == "__main__":

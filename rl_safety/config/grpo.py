@@ -69,10 +69,10 @@ class LearnerSection(Section):
     max_grad_norm: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(4, ge=1, description="sequences per forward/backward per rank")
     max_tokens_per_micro_batch: int | None = Field(
-        None, ge=1, description="padding-free learner: each forward/backward (training, old and reference logprobs) "
-                                "packs whole sequences, padding removed, into micro-batches of at most this many "
-                                "tokens (first-fit decreasing), instead of micro_batch_size padded sequences; "
-                                "at least data.max_prompt_tokens + rollout.max_new_tokens. null: padded")
+        None, ge=1, description="token-budget learner: each forward/backward (training, old and reference logprobs) "
+                                "takes whole sequences into micro-batches of at most this many tokens (laid out "
+                                "as GRPO's learner.packing_layout says) instead of micro_batch_size padded "
+                                "sequences; at least data.max_prompt_tokens + rollout.max_new_tokens. null: padded")
     lora: LoraSection | None = Field(None, description="train a LoRA adapter instead of all weights")
 
     @model_validator(mode="after")
@@ -96,6 +96,12 @@ class LearnerSection(Section):
 
 
 class GRPOLearnerSection(LearnerSection):
+    packing_layout: Literal["auto", "concatenated", "length_buckets"] = Field(
+        "auto", description="micro-batch layout under max_tokens_per_micro_batch: concatenated (sequences one after "
+                            "another in one row, padding-free; fast only with a varlen attention kernel: "
+                            "flash-attention), length_buckets (similar-length sequences as padded rows trimmed to "
+                            "their longest, >= 90% real tokens; for sdpa/eager, which attend over every pair of a "
+                            "row), auto: concatenated for flash-attention models, else length_buckets")
     dropout: bool = Field(
         False, description="dropout (the model's and lora.dropout) in the policy's forwards; off by default, "
                            "so the update's forward is the policy that sampled and the on-policy ratio is exactly 1 "
@@ -260,6 +266,10 @@ class GRPOConfig(Section):
                 f"possible sequence, data.max_prompt_tokens + rollout.max_new_tokens = {longest}: such a "
                 "sequence would fit in no micro-batch",
                 "learner.max_tokens_per_micro_batch", "data.max_prompt_tokens", "rollout.max_new_tokens")
+        if lr.packing_layout != "auto" and lr.max_tokens_per_micro_batch is None:
+            raise Conflict(f"learner.packing_layout={lr.packing_layout} lays out token-budget micro-batches, but "
+                           "learner.max_tokens_per_micro_batch is null (padded micro-batches): set a budget or "
+                           "drop the layout", "learner.packing_layout", "learner.max_tokens_per_micro_batch")
         if self.rollout.temperature == 0:
             raise Conflict("rollout.temperature must be > 0: the learner's logprobs are divided by it",
                            "rollout.temperature")

@@ -32,6 +32,9 @@ class Learner:
             total_steps=cfg.run.total_steps * a.epochs_per_step * a.mini_batches_per_step,
         )
         self.engine = self.policy.engine
+        # the micro-batch layout for this model's attention (padded without a token budget)
+        self.layout = packing.layout_for(lr.max_tokens_per_micro_batch, lr.packing_layout,
+                                         self.policy.module.config._attn_implementation)
         if not lr.dropout:  # the update's forward is the policy that sampled (see GRPOLearnerSection.dropout)
             disable_dropout(self.policy.module)
         # KL without LoRA: the frozen start on every rank (partitioned under ZeRO-3); with LoRA the
@@ -59,14 +62,14 @@ class Learner:
     def _logprobs(self, model, input_ids, attention_mask) -> torch.Tensor:
         lr = self.cfg.learner
         return sequence_logprobs(model, input_ids, attention_mask, self.cfg.rollout.temperature,
-                                 lr.micro_batch_size, self.policy.device, lr.max_tokens_per_micro_batch,
-                                 common_count=lambda n: self._most_over_ranks([n])[0])
+                                 lr.micro_batch_size, self.policy.device, self.layout,
+                                 lr.max_tokens_per_micro_batch, common_count=lambda n: self._most_over_ranks([n])[0])
 
     def _most_over_ranks(self, counts: list[int]) -> list[int]:
         """The element-wise maximum of `counts` over the ranks: packed micro-batch counts differ
         between ranks, and every rank must run as many forwards (ZeRO-3 gathers the weights in
         each) and backwards (ZeRO-2/3 reduce gradients in them)."""
-        if self.world_size == 1 or self.cfg.learner.max_tokens_per_micro_batch is None or not counts:
+        if self.world_size == 1 or self.layout == "padded" or not counts:
             return counts  # padded micro-batches: the same count on every rank already
         import torch.distributed as dist
 
@@ -94,17 +97,21 @@ class Learner:
         reused: dict[str, list[torch.Tensor]] = {"old_logprobs": [], "rows": []}
         trained = [mb for mb in mini_batches if mb["global_tokens"] > 0]
         sums["empty_mini_batches"] = float(len(mini_batches) - len(trained))
-        plans = [packing.micro_batches(mb["attention_mask"], lr.micro_batch_size, lr.max_tokens_per_micro_batch)
-                 for mb in trained]
+        plans = [packing.micro_batches(mb["attention_mask"], self.layout, lr.micro_batch_size,
+                                       lr.max_tokens_per_micro_batch) for mb in trained]
         counts = self._most_over_ranks([len(p) for p in plans])
         sums["micro_batches"] = float(sum(counts))  # forward/backward passes, the same on every rank
         sums["padding_micro_batches"] = float(sum(counts) - sum(len(p) for p in plans))  # this rank's zero-loss ones
+        sums["real_tokens"] = sums["computed_tokens"] = 0.0  # of the micro-batches with rows (not the zero-loss ones)
         for mb, plan, count in zip(trained, plans, counts):
             plan = plan + [[]] * (count - len(plan))  # a zero-loss micro-batch where this rank has fewer
             for i, rows in enumerate(plan):
                 part = to_device(packing.select_rows(mb, rows), self.policy.device)
                 on_policy = "old_logprobs" not in part and bool(rows)  # a padding micro-batch has no rows
                 stats = self._micro_step(part, a, last=i == len(plan) - 1)
+                if rows:
+                    sums["real_tokens"] += float(part["attention_mask"].sum())
+                    sums["computed_tokens"] += packing.computed_tokens(part["attention_mask"], self.layout)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 if on_policy:  # trimmed to the micro-batch's longest sequence: padded back to the batch's width
@@ -120,12 +127,12 @@ class Learner:
                 "learning_rate": self.policy.learning_rate()}
 
     def _micro_step(self, part: dict[str, Any], a, last: bool) -> dict[str, float]:
-        """Forward, loss and backward of one micro-batch; `last` (of its mini-batch) takes the
-        optimizer step, however many micro-batches packing made."""
+        """Forward, loss and backward of one micro-batch (in `self.layout`); `last` (of its
+        mini-batch) takes the optimizer step, however many micro-batches packing made."""
         mask = part["response_mask"]
         logprobs, entropy = packing.forward_logprobs(
             self.engine, part["input_ids"], part["attention_mask"], self.cfg.rollout.temperature,
-            packed=self.cfg.learner.max_tokens_per_micro_batch is not None, with_entropy=True)
+            packed=self.layout == "concatenated", with_entropy=True)
         if "old_logprobs" not in part:
             part.update(self._on_policy_inputs(logprobs.detach(), part, a))
         loss, stats = losses.grpo_loss(logprobs, part, a, norm_constant=float(self.cfg.rollout.max_new_tokens))

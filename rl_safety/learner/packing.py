@@ -1,17 +1,26 @@
-"""Per-token logprobs and entropy of a causal LM's forward, padded or padding-free (packed), with
-the vocabulary-wide math done a chunk of tokens at a time.
+"""Per-token logprobs and entropy of a causal LM's forward, padded or padding-free, with the
+vocabulary-wide math done a chunk of tokens at a time.
 
-Packing (`learner.max_tokens_per_micro_batch`): the sequences of a micro-batch are concatenated,
-padding removed, into one row whose `position_ids` restart at 0 for every sequence, passed
-without an attention mask. Transformers (5.x `masking_utils.find_packed_sequence_indices`) then
-reads the sequence boundaries from the position ids and builds a block-diagonal causal mask
-(sdpa / eager; flash-attention takes the varlen path from the same position ids), so no token
-attends across sequences, and rotary positions are each sequence's own: the logprobs equal the
-padded forward's. Micro-batches are filled first-fit decreasing under the token budget.
+Micro-batch layouts of a right-padded batch (`micro_batches`; `layout_for` picks one):
+- `padded` (`learner.max_tokens_per_micro_batch` null): runs of `micro_batch_size` rows, each
+  micro-batch trimmed to its own longest sequence, with the attention mask.
+- `concatenated` (token budget, attention with a varlen kernel: flash-attention): the sequences of
+  a micro-batch, padding removed, one after another in ONE row whose `position_ids` restart at 0
+  for every sequence, passed without an attention mask. Transformers (5.x
+  `masking_utils.find_packed_sequence_indices`) reads the sequence boundaries from the position
+  ids: flash-attention takes its varlen path (attention cost ~ sum of L_i^2), sdpa / eager get a
+  block-diagonal causal mask but still compute all N x N pairs of the row. Bins filled first-fit
+  decreasing under the token budget; 100% real tokens.
+- `length_buckets` (token budget, no varlen kernel: sdpa, eager): the sequences sorted by length
+  and cut into micro-batches of similar lengths (each at least `MIN_FILL` of its micro-batch's
+  longest), laid out as padded rows trimmed to that longest: at least 90% real tokens, attention
+  ~ sum of b x L^2 of rows of about one length, and at most the budget of (padded) tokens each.
+Every layout gives the logprobs of the padded forward: no token attends across sequences, rotary
+positions are each sequence's own.
 
 Outputs are returned in the shifted [b, L-1] layout of `rl_safety.learner.logprobs` (position t
-refers to input_ids[:, t + 1]); positions past a sequence's end are 0 on the packed path (the
-padded path leaves the logprob of a pad token there): every consumer masks them.
+refers to input_ids[:, t + 1]); positions past a sequence's end are 0 on the concatenated path
+(the padded rows leave the logprob of a pad token there): every consumer masks them.
 """
 
 from __future__ import annotations
@@ -20,6 +29,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+LAYOUTS = ("padded", "concatenated", "length_buckets")
+# length_buckets: the shortest sequence of a micro-batch is at least this share of its longest,
+# so at most 10% of the tokens computed are padding
+MIN_FILL = 0.9
 
 # Tokens per chunk of the vocabulary-wide math: with a 152k vocabulary one fp32 chunk of 1024
 # tokens is 0.6 GB (a few of them live at once), against ~40 GB for 64k tokens' full fp32 logits.
@@ -81,15 +95,36 @@ def chunked_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: f
     return logprobs, (entropy if with_entropy else None)
 
 
+def layout_for(max_tokens: int | None, requested: str, attention_implementation: str | None) -> str:
+    """The micro-batch layout (one of `LAYOUTS`) of `learner.max_tokens_per_micro_batch` and
+    `learner.packing_layout` (`requested`: auto, concatenated or length_buckets) for a model whose
+    attention is `attention_implementation` (its `config._attn_implementation`). auto:
+    concatenated only where attention has a varlen kernel (flash-attention, any version), since
+    sdpa / eager compute every pair of a concatenated row (N^2 for N packed tokens, against the
+    sum of the sequences' L^2)."""
+    if max_tokens is None:
+        return "padded"
+    if requested != "auto":
+        return requested
+    from transformers.utils.generic import is_flash_attention_requested
+
+    return ("concatenated" if is_flash_attention_requested(requested_attention_implementation=attention_implementation)
+            else "length_buckets")
+
+
+def _refuse_too_long(lengths: Sequence[int], max_tokens: int) -> None:
+    longest = max(lengths, default=0)
+    if longest > max_tokens:
+        raise ValueError(f"a sequence of {longest} tokens exceeds learner.max_tokens_per_micro_batch={max_tokens}")
+
+
 def first_fit_decreasing(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Indices of `lengths` in bins of at most `max_tokens` tokens: longest first, each into the
     first bin with room (first-fit decreasing). Bins are listed in the order they were opened."""
+    _refuse_too_long(lengths, max_tokens)
     bins: list[list[int]] = []
     room: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        if lengths[i] > max_tokens:
-            raise ValueError(f"a sequence of {lengths[i]} tokens exceeds "
-                             f"learner.max_tokens_per_micro_batch={max_tokens}")
         b = next((b for b, r in enumerate(room) if r >= lengths[i]), None)
         if b is None:
             bins.append([])
@@ -100,14 +135,45 @@ def first_fit_decreasing(lengths: Sequence[int], max_tokens: int) -> list[list[i
     return bins
 
 
-def micro_batches(attention_mask: torch.Tensor, micro_batch_size: int, max_tokens: int | None) -> list[list[int]]:
-    """Row indices of each micro-batch of a right-padded [B, L] batch: consecutive runs of
-    `micro_batch_size` rows (`max_tokens` None: the padded path), or packed bins of at most
-    `max_tokens` real tokens."""
-    if max_tokens is None:
+def length_buckets(lengths: Sequence[int], max_tokens: int, min_fill: float = MIN_FILL) -> list[list[int]]:
+    """Indices of `lengths` grouped into micro-batches, longest first: each is padded only to its
+    own longest sequence (its first index), holds at most `max_tokens` tokens after that padding
+    (rows x longest), and takes only sequences of at least `min_fill` x that length, so at most
+    1 - min_fill of any row is padding and a row attends over about its own length."""
+    _refuse_too_long(lengths, max_tokens)
+    buckets: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        width = lengths[buckets[-1][0]] if buckets else 0
+        if buckets and (len(buckets[-1]) + 1) * width <= max_tokens and lengths[i] >= min_fill * width:
+            buckets[-1].append(i)
+        else:
+            buckets.append([i])
+    return buckets
+
+
+def micro_batches(attention_mask: torch.Tensor, layout: str, micro_batch_size: int,
+                  max_tokens: int | None = None) -> list[list[int]]:
+    """Row indices of each micro-batch of a right-padded [B, L] batch in `layout` (see the module
+    docstring): consecutive runs of `micro_batch_size` rows (padded), first-fit-decreasing bins of
+    at most `max_tokens` real tokens (concatenated), or length buckets of at most `max_tokens`
+    padded tokens (length_buckets)."""
+    if layout == "padded":
         rows = list(range(attention_mask.shape[0]))
         return [rows[s : s + micro_batch_size] for s in range(0, len(rows), micro_batch_size)]
-    return first_fit_decreasing(attention_mask.sum(dim=1).tolist(), max_tokens)
+    if max_tokens is None:
+        raise ValueError(f"the {layout} layout needs a token budget (learner.max_tokens_per_micro_batch)")
+    lengths = attention_mask.sum(dim=1).tolist()
+    if layout == "concatenated":
+        return first_fit_decreasing(lengths, max_tokens)
+    if layout == "length_buckets":
+        return length_buckets(lengths, max_tokens)
+    raise ValueError(f"unknown micro-batch layout {layout!r}; one of {LAYOUTS}")
+
+
+def computed_tokens(attention_mask: torch.Tensor, layout: str) -> int:
+    """Token positions the model runs for a micro-batch (`select_rows`' output): its real tokens
+    concatenated, rows x width in padded rows. Real tokens / this = the real-token fraction."""
+    return int(attention_mask.sum()) if layout == "concatenated" else attention_mask.numel()
 
 
 def select_rows(batch: dict[str, Any], rows: list[int]) -> dict[str, Any]:
@@ -134,8 +200,9 @@ def forward_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One forward of `model` over the right-padded [b, L] rows -> (logprobs [b, L-1] fp32, with
     the model's gradient; entropy [b, L-1] fp32 detached, or None), temperature-scaled as vLLM's
-    processed logprobs. `packed`: the rows' real tokens go through the model as one row [1, N]
-    (see the module docstring); else as the padded [b, L] batch with its attention mask."""
+    processed logprobs. `packed` (the concatenated layout): the rows' real tokens go through the
+    model as one row [1, N] (see the module docstring); else as the padded [b, L] batch with its
+    attention mask."""
     b, width = input_ids.shape
     if not packed:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits

@@ -28,11 +28,15 @@ def merge_learner_stats(results: list[dict[str, float]], optimizer_steps: int) -
     """One rollout batch's update over all ranks: token counts, per-token sums (`*_sum`) and the
     zero-loss micro-batches that evened out the ranks' packed counts added (a rank whose
     mini-batches were all empty has none), the loss averaged over the optimizer
-    steps (an empty mini-batch counts as loss 0), the rest as rank 0 reports it (all equal)."""
+    steps (an empty mini-batch counts as loss 0), the real-token fraction of the micro-batches
+    (real tokens / token positions computed, over all ranks; NaN when none trained), the rest as
+    rank 0 reports it (all equal)."""
     summed = {k for res in results for k in res if k.endswith("_sum")}
-    summed |= {"token_count", "loss", "padding_micro_batches"}
+    summed |= {"token_count", "loss", "padding_micro_batches", "real_tokens", "computed_tokens"}
     merged = {k: sum(res.get(k, 0.0) for res in results) for k in summed}
     merged["loss"] /= optimizer_steps
+    real, computed = merged.pop("real_tokens"), merged.pop("computed_tokens")
+    merged["real_token_fraction"] = real / computed if computed else float("nan")
     for k in ("grad_norm", "learning_rate", "optimizer_steps", "empty_mini_batches", "micro_batches"):
         merged[k] = results[0][k]
     return merged

@@ -168,3 +168,17 @@ def test_the_packed_token_budget_must_hold_the_longest_sequence(tmp_path):
         load_config(GRPOConfig, path, ["learner.max_tokens_per_micro_batch=127"])
     assert load_config(GRPOConfig, path, ["learner.max_tokens_per_micro_batch=128"]).learner.max_tokens_per_micro_batch == 128
     assert load_config(GRPOConfig, path).learner.max_tokens_per_micro_batch is None  # default: the padded path
+
+
+def test_the_packing_layout_needs_a_token_budget_and_is_one_of_three(tmp_path):
+    path = write(tmp_path, BASE)
+    assert load_config(GRPOConfig, path).learner.packing_layout == "auto"  # by the model's attention
+    budget = "learner.max_tokens_per_micro_batch=100000"  # above any default sequence
+    for layout in ("concatenated", "length_buckets"):
+        cfg = load_config(GRPOConfig, path, [budget, f"learner.packing_layout={layout}"])
+        assert cfg.learner.packing_layout == layout
+    with pytest.raises(ConfigError, match=r"learner.packing_layout=length_buckets lays out token-budget "
+                                          r"micro-batches, but learner.max_tokens_per_micro_batch is null"):
+        load_config(GRPOConfig, path, ["learner.packing_layout=length_buckets"])
+    with pytest.raises(ConfigError, match=r"learner.packing_layout"):
+        load_config(GRPOConfig, path, [budget, "learner.packing_layout=packed"])

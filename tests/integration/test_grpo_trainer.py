@@ -122,15 +122,16 @@ FILTER_OPTIONS = {
     "algorithm.advantage_estimator": "reinforce_plus_plus_baseline",
 }
 
-# The padding-free learner (learner.max_tokens_per_micro_batch) rides on two sync runs on 2 ranks:
-# ZeRO-3 on-policy, with the frozen reference partitioned over the ranks (every forward gathers the
-# weights: the ranks' packed micro-batch counts must agree in the reference pass and the update;
-# the update's packed forward gives the old logprobs) and ZeRO-2 LoRA with the
-# adapter-disabled reference and the overlong filter (empty mini-batches). The budget is the
-# longest possible sequence (64 prompt + 16 response tokens; 64 + 64 with FILTER_OPTIONS, hence
-# twice it), so the ranks' micro-batch counts differ. The sync check (vLLM vs learner logprobs
-# < 1e-4 per token) then compares packed forwards with vLLM's; one optimizer step per mini-batch
-# is asserted for every run.
+# The token-budget learner (learner.max_tokens_per_micro_batch) rides on two sync runs on 2 ranks:
+# ZeRO-3 on-policy in the layout learner.packing_layout=auto picks on CPU (sdpa attention: length
+# buckets), with the frozen reference partitioned over the ranks (every forward gathers the
+# weights: the ranks' micro-batch counts must agree in the reference pass and the update; the
+# update's forward gives the old logprobs), and ZeRO-2 LoRA forced to the concatenated layout
+# (what auto picks for flash-attention on GPU) with the adapter-disabled reference and the
+# overlong filter (empty mini-batches). The budget is the longest possible sequence (64 prompt +
+# 16 response tokens; 64 + 64 with FILTER_OPTIONS, hence twice it), so the ranks' micro-batch
+# counts differ. The sync check (vLLM vs learner logprobs < 1e-4 per token) then compares the
+# layout's forwards with vLLM's; one optimizer step per mini-batch is asserted for every run.
 PACKED_BUDGET = 80
 
 
@@ -146,14 +147,15 @@ PACKED_BUDGET = 80
                   "learner.learning_rate": 1e-2}),
         ("untied", {"learner.zero_stage": 2, "cluster.placement": "separate", "learner.learning_rate": 1e-2,
                     "learner.lora": {"rank": 8, "alpha": 16, "sync": "adapter"}, **FILTER_OPTIONS,
-                    "learner.max_tokens_per_micro_batch": 2 * PACKED_BUDGET}),
+                    "learner.max_tokens_per_micro_batch": 2 * PACKED_BUDGET,
+                    "learner.packing_layout": "concatenated"}),
         ("untied", {"learner.zero_stage": 3, "cluster.placement": "separate", "learner.learning_rate": 1e-2,
                     "learner.lora": {"rank": 8, "alpha": 16, "sync": "merged"},
                     "algorithm.importance_correction": "none"}),
     ],
     ids=["zero2-separate-tied-dynamic-sampling-penalty-epochs-tis-user-estimator",
          "zero3-colocated-untied-kl3plus-packed", "lora-merged-colocated-tied-kl",
-         "lora-adapter-separate-untied-filter-mis-gspo-kl-in-reward-rfpp-baseline-packed",
+         "lora-adapter-separate-untied-filter-mis-gspo-kl-in-reward-rfpp-baseline-packed-concatenated",
          "lora-merged-zero3-separate-untied-no-is"],
 )
 def test_sync_keeps_rollout_and_learner_logprobs_equal(tmp_path, tiny_models, prompt_file, embeddings, overrides):
@@ -194,10 +196,13 @@ def test_sync_keeps_rollout_and_learner_logprobs_equal(tmp_path, tiny_models, pr
         elif "importance_cap" not in a:  # the default: truncated at importance_cap=2
             assert 0.99 < m["importance/weight_mean"] <= m["importance/weight_max"] <= 2.0
     budget = overrides.get("learner.max_tokens_per_micro_batch")
-    if budget:  # packed: each rank's micro-batches hold at most `budget` tokens
+    if budget:  # token budget: each rank's micro-batches hold at most `budget` tokens
+        concatenated = overrides.get("learner.packing_layout") == "concatenated"
         for step, m in enumerate(metrics):
             if m["train/empty_mini_batches"]:
                 continue
+            # concatenated: no padding; length buckets (auto on CPU): rows within 10% of their longest
+            assert (m["train/real_token_fraction"] == 1.0) if concatenated else m["train/real_token_fraction"] >= 0.9
             tokens = sum(r["prompt_tokens"] + r["response_tokens"] for r in read_rollouts(run_dir, step))
             assert m["train/micro_batches"] >= math.ceil(tokens / (2 * budget)) * a.get("epochs_per_step", 1)
     if "overlong" in a:

@@ -24,12 +24,15 @@ def report(train_stats: dict[str, float]) -> dict[str, float]:
 
 def test_per_token_means_add_up_over_ranks_even_when_one_rank_had_no_token():
     # rank 1's mini-batches were all filtered out: it reports no per-token sums at all
-    merged = merge_learner_stats([rank_stats(6.0, clip_fraction_sum=3.0, entropy_sum=12.0, kl_sum=1.5),
-                                  rank_stats(0.0)], optimizer_steps=2)
+    merged = merge_learner_stats([rank_stats(6.0, clip_fraction_sum=3.0, entropy_sum=12.0, kl_sum=1.5,
+                                             real_tokens=90.0, computed_tokens=100.0),
+                                  rank_stats(0.0, real_tokens=0.0, computed_tokens=0.0)], optimizer_steps=2)
     assert merged["loss"] == 0.5  # (0.5 + 0.5) / 2 optimizer steps
     assert (merged["grad_norm"], merged["optimizer_steps"], merged["empty_mini_batches"]) == (1.5, 2.0, 0.0)
     assert (merged["micro_batches"], merged["padding_micro_batches"]) == (4.0, 2.0)  # per rank; over ranks
+    assert merged["real_token_fraction"] == 0.9  # over the ranks' computed tokens
     m = report(merged)
+    assert m["train/real_token_fraction"] == 0.9
     assert (m["clip_fraction"], m["entropy"], m["kl"], m["train/loss_tokens"]) == (0.5, 2.0, 0.25, 6.0)
     assert m["reward/r/mean"] == 2 / 3 and m["reward/r/coverage"] == 0.75
 
@@ -38,6 +41,7 @@ def test_a_step_without_a_token_in_the_loss_reports_nan_means_not_an_error():
     merged = merge_learner_stats([rank_stats(0.0, entropy_sum=0.0), rank_stats(0.0)], optimizer_steps=1)
     m = report(merged)
     assert math.isnan(m["entropy"]) and m["train/loss_tokens"] == 0.0
+    assert math.isnan(m["train/real_token_fraction"])  # no micro-batch ran
 
 
 def test_importance_metrics_over_the_tokens_in_the_loss():

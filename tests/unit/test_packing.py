@@ -1,6 +1,8 @@
-"""The padding-free learner's pieces (`rl_safety.learner.packing`): chunked logprobs / entropy
-against a full fp32 log_softmax, first-fit-decreasing packing, and, on a real tiny Qwen2,
-packed forwards against padded ones: logprobs, entropy and the GRPO loss's parameter gradients."""
+"""The token-budget learner's pieces (`rl_safety.learner.packing`): chunked logprobs / entropy
+against a full fp32 log_softmax, first-fit-decreasing packing and length buckets by hand, the
+layout chosen per attention implementation, and, on a real tiny Qwen2, concatenated and
+length-bucket forwards against padded ones: logprobs, entropy and the GRPO loss's parameter
+gradients against one plain padded forward of the whole batch."""
 
 from __future__ import annotations
 
@@ -71,6 +73,38 @@ def test_first_fit_decreasing_by_hand():
         packing.first_fit_decreasing([3, 65], 64)
 
 
+def test_length_buckets_by_hand():
+    # longest first; a sequence joins the open bucket while rows x its longest <= 200 and it is at
+    # least 0.9 x that longest: 90 and 88 (180 tokens); 61, 60, 57 (183); 33, 30 (66, 30 >= 29.7);
+    # then each shorter one misses 0.9 x the previous: 18, 12, 9, 7, 4
+    lengths = [7, 90, 12, 60, 61, 33, 88, 18, 9, 4, 30, 57]
+    assert packing.length_buckets(lengths, 200) == [[1, 6], [4, 3, 11], [5, 10], [7], [2], [8], [0], [9]]
+    assert packing.length_buckets([50, 50, 50, 50], 120) == [[0, 1], [2, 3]]  # the budget counts padded rows
+    gen = torch.Generator().manual_seed(3)
+    lengths = torch.randint(4, 300, (200,), generator=gen).tolist()
+    buckets = packing.length_buckets(lengths, 600)
+    assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+    for b in buckets:
+        longest = max(lengths[i] for i in b)
+        assert lengths[b[0]] == longest and len(b) * longest <= 600
+        assert min(lengths[i] for i in b) >= 0.9 * longest  # at most 10% of a row is padding
+    with pytest.raises(ValueError, match="65 tokens exceeds learner.max_tokens_per_micro_batch=64"):
+        packing.length_buckets([3, 65], 64)
+
+
+@pytest.mark.parametrize("attention,layout", [("sdpa", "length_buckets"), ("eager", "length_buckets"),
+                                              ("flash_attention_2", "concatenated"),
+                                              ("flash_attention_3", "concatenated"),
+                                              ("kernels-community/flash-attn3", "concatenated")])
+def test_auto_concatenates_only_for_a_varlen_attention_kernel(attention, layout):
+    assert packing.layout_for(4096, "auto", attention) == layout
+    assert packing.layout_for(None, "auto", attention) == "padded"  # no token budget
+    for forced in ("concatenated", "length_buckets"):
+        assert packing.layout_for(4096, forced, attention) == forced
+    with pytest.raises(ValueError, match="needs a token budget"):
+        packing.micro_batches(torch.ones(2, 3), "length_buckets", 2)
+
+
 @pytest.fixture(scope="module")
 def model(tiny_models):
     from transformers import AutoModelForCausalLM
@@ -135,35 +169,67 @@ def test_packed_forward_equals_padded_logprobs_entropy_and_gradients(model, atte
     torch.testing.assert_close(packed_entropy[real], padded_entropy[real], rtol=0, atol=2e-5)
     assert (packed[~real] == 0).all()
 
-    # the GRPO loss with KL, summed over packed micro-batches of <= 100 tokens vs padded pairs
+
+
+def whole_batch_gradient(model, batch, cfg) -> dict[str, torch.Tensor]:
+    """The independent reference: one plain forward of the whole right-padded batch (batch-max
+    width, attention mask), a full fp32 log_softmax, grpo_loss on all of it."""
+    model.zero_grad()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    log_p = torch.log_softmax(logits[:, :-1].float() / 0.8, dim=-1)
+    logprobs = log_p.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    loss, _ = losses.grpo_loss(logprobs, batch, cfg, norm_constant=100.0)
+    loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+BUCKET_LENGTHS = [7, 90, 12, 60, 61, 33, 88, 18, 9, 4, 30, 57]  # 469 tokens
+
+
+@pytest.mark.parametrize("layout", ["padded", "concatenated", "length_buckets"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_each_layout_gives_the_whole_batch_forwards_gradient(model, layout, attention):
+    """The GRPO loss with KL summed over the layout's micro-batches (<= 200 tokens; padded: pairs),
+    as `Learner.train` sums them, against the whole batch in one plain padded forward (fp32)."""
+    model.set_attn_implementation(attention)
+    batch = ragged_batch(model, BUCKET_LENGTHS)
     cfg = AlgorithmSection(kl_coef=0.1)
-    plan = packing.micro_batches(mask, 2, 100)
-    assert [len(rows) for rows in plan] == [2, 2, 3, 3]  # 329 tokens: the short ones fill the gaps
-    packed_grads = loss_gradient(model, batch, plan, True, cfg)
-    padded_grads = loss_gradient(model, batch, packing.micro_batches(mask, 2, None), False, cfg)
-    for name, grad in padded_grads.items():
+    plan = packing.micro_batches(batch["attention_mask"], layout, 2, 200)
+    assert 1 < len(plan) < len(BUCKET_LENGTHS) and max(len(rows) for rows in plan) >= 2
+    computed = sum(packing.computed_tokens(packing.select_rows(batch, rows)["attention_mask"], layout) for rows in plan)
+    if layout == "length_buckets":
+        assert [len(rows) for rows in plan] == [2, 3, 2, 1, 1, 1, 1, 1]  # as test_length_buckets_by_hand
+        assert sum(BUCKET_LENGTHS) / computed >= 0.9
+    if layout == "concatenated":
+        assert computed == sum(BUCKET_LENGTHS)
+    got = loss_gradient(model, batch, plan, layout == "concatenated", cfg)
+    want = whole_batch_gradient(model, batch, cfg)
+    for name, grad in want.items():
         assert grad.abs().sum() > 0, name
-        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+        torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-7, msg=name)
 
 
-def test_an_empty_micro_batch_has_no_loss_and_no_gradient(model):
+@pytest.mark.parametrize("packed", [True, False])
+def test_an_empty_micro_batch_has_no_loss_and_no_gradient(model, packed):
     batch = ragged_batch(model, LENGTHS)
     part = packing.select_rows(batch, [])
     assert part["input_ids"].shape == (1, 2) and part["response_mask"].sum() == 0
     model.zero_grad()
-    logprobs, _ = packing.forward_logprobs(model, part["input_ids"], part["attention_mask"], 1.0, packed=True)
+    logprobs, _ = packing.forward_logprobs(model, part["input_ids"], part["attention_mask"], 1.0, packed=packed)
     loss, _ = losses.grpo_loss(logprobs, part, AlgorithmSection(kl_coef=0.1), norm_constant=100.0)
     loss.backward()
     assert loss.item() == 0
     assert all(p.grad is None or (p.grad == 0).all() for p in model.parameters())
 
 
-def test_sequence_logprobs_packed_equals_padded_with_extra_empty_micro_batches(model):
-    batch = ragged_batch(model, LENGTHS, seed=1)
+@pytest.mark.parametrize("layout", ["concatenated", "length_buckets"])
+def test_sequence_logprobs_in_a_token_budget_layout_equal_padded_with_extra_empty_micro_batches(model, layout):
+    model.set_attn_implementation("sdpa")
+    batch = ragged_batch(model, BUCKET_LENGTHS, seed=1)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     with torch.no_grad():
         padded = sequence_logprobs(model, ids, mask, 1.0, micro_batch_size=3, device="cpu")
-        packed = sequence_logprobs(model, ids, mask, 1.0, micro_batch_size=3, device="cpu",
-                                   max_tokens_per_micro_batch=128, common_count=lambda n: n + 2)
+        budget = sequence_logprobs(model, ids, mask, 1.0, micro_batch_size=3, device="cpu", layout=layout,
+                                   max_tokens_per_micro_batch=200, common_count=lambda n: n + 2)
     real = batch["attention_mask"][:, 1:].bool()
-    torch.testing.assert_close(packed[real], padded[real], rtol=0, atol=2e-5)
+    torch.testing.assert_close(budget[real], padded[real], rtol=0, atol=2e-5)
