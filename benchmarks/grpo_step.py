@@ -277,17 +277,15 @@ def group_advantages(rewards: list[float], group: int) -> list[float]:
     return out
 
 
-def run_limit(spec: dict) -> list[dict]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def limit_engine(spec: dict):
+    """The limit's rollout side, in this process: (ours' config, the rendered prompts, a vLLM
+    `RolloutEngine` with our engine settings, TP 1, on the CPU)."""
+    from transformers import AutoTokenizer
 
     from rl_safety.data.prompts import build_prompts, load_rows
-    from rl_safety.learner.packing import length_buckets
-    from rl_safety.orchestration.actor_group import sample_seed
     from rl_safety.rollout.vllm_engine import RolloutEngine, checked_max_model_len
 
     cfg, _ = load_ours_config(spec)
-    w = Workload(**spec["workload"])
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
     prompts, _ = build_prompts(load_rows(cfg.data.train, cfg.data.split), tokenizer, source=cfg.data.train,
                                prompt_key=cfg.data.prompt_key, chat_template=cfg.model.chat_template,
@@ -295,12 +293,24 @@ def run_limit(spec: dict) -> list[dict]:
     max_model_len = checked_max_model_len(cfg.model.path, cfg.rollout.max_model_len, cfg.data.max_prompt_tokens,
                                           cfg.rollout.max_new_tokens, explicit_key="rollout.max_model_len",
                                           budget_keys="data.max_prompt_tokens + rollout.max_new_tokens")
+    engine = RolloutEngine(cfg.model.path, cfg.rollout, dtype=cfg.model.dtype, seed=cfg.run.seed,
+                           max_model_len=max_model_len, use_gpu=False)
+    return cfg, prompts, engine
+
+
+def run_limit(spec: dict) -> list[dict]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rl_safety.learner.packing import length_buckets
+    from rl_safety.orchestration.actor_group import sample_seed
+
+    w = Workload(**spec["workload"])
     # Threads as ours has them: Ray starts the engine actor (num_cpus 1) with OMP_NUM_THREADS=1 and
     # the learner takes every core (learner/model.py). vLLM's CPU worker turns torch.set_num_threads
     # into a no-op in its process, so the original is kept to switch between the two.
     set_threads = torch.set_num_threads
-    engine = RolloutEngine(cfg.model.path, cfg.rollout, dtype=cfg.model.dtype, seed=cfg.run.seed,
-                           max_model_len=max_model_len, use_gpu=False)
+    cfg, prompts, engine = limit_engine(spec)
     model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=torch.float32)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learner.learning_rate)

@@ -75,6 +75,7 @@ def grpo_learner(tmp_path) -> Learner:
     learner.policy = MetaPolicy(MetaLM())
     learner.engine = learner.policy.engine
     learner.reference = None
+    learner.layout = "padded"  # no learner.max_tokens_per_micro_batch
     return learner
 
 

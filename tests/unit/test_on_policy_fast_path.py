@@ -52,6 +52,7 @@ def grpo_config(tmp_path, model: str, overrides: list[str]) -> GRPOConfig:
 def learner_on(cfg: GRPOConfig) -> Learner:
     learner = Learner.__new__(Learner)  # the rank without DeepSpeed
     learner.cfg, learner.rank, learner.world_size, learner.reference = cfg, 0, 1, None
+    learner.layout = "padded"  # no learner.max_tokens_per_micro_batch
     module = load_model(cfg.model, cfg.learner, seed=0)
     with torch.no_grad():  # a non-zero adapter, so the update's gradient reaches every LoRA weight
         for name, param in module.named_parameters():
