@@ -17,15 +17,11 @@ grpo_step = sys.modules["grpo_step"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(grpo_step)
 
 
-def test_micro_batches_are_length_sorted_and_hardly_padded():
-    lengths = [50, 100, 46, 85, 47, 99, 48, 44]
-    batches = grpo_step.length_sorted_micro_batches(lengths, token_budget=250, min_fill=0.9)
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # every sequence once
-    # longest first; the budget closes [100, 99]; 50 < 0.9 x 85 and 44 < 0.9 x 50 start new rows
-    assert [[lengths[i] for i in b] for b in batches] == [[100, 99], [85], [50, 48, 47, 46], [44]]
-    assert all(len(b) * lengths[b[0]] <= 250 for b in batches)
-    computed = sum(len(b) * lengths[b[0]] for b in batches)
-    assert sum(lengths) / computed >= 0.9
+def test_ours_learner_passes_use_the_limits_token_budget(tmp_path):
+    # the layout itself is learner/packing.py's length_buckets, tested in tests/unit/test_packing.py
+    w = grpo_step.SIZES["large"]
+    config = grpo_step.ours_config(w, tmp_path / "model", tmp_path / "prompts.jsonl", tmp_path, steps=2)
+    assert config["learner"]["max_tokens_per_micro_batch"] == grpo_step.token_budget(w) == 16 * (64 + 256)
 
 
 def test_group_advantages_match_the_formula_by_hand():
