@@ -120,32 +120,28 @@ def frozen_reference(model: ModelSection, learner: LearnerSection, device: torch
         return module.to(device)
     import deepspeed
 
-    zero: dict[str, Any] = {"stage": 3}
-    if learner.offload:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
-    engine, *_ = deepspeed.initialize(model=module, config={
-        "train_micro_batch_size_per_gpu": learner.micro_batch_size, "zero_optimization": zero,
-        "bf16": {"enabled": model.dtype == "bfloat16"}, "steps_per_print": 10**9, "wall_clock_breakdown": False})
+    engine, *_ = deepspeed.initialize(model=module, config=deepspeed_config(learner, bf16=model.dtype == "bfloat16"))
     engine.eval()
     return engine
 
 
-def deepspeed_config(learner: LearnerSection, *, accumulation: int, world_size: int, bf16: bool) -> dict[str, Any]:
+def deepspeed_config(learner: LearnerSection, *, bf16: bool, accumulation: int | None = None,
+                     world_size: int | None = None) -> dict[str, Any]:
+    """The DeepSpeed config of a trained engine (`accumulation` micro-steps per optimizer step over
+    `world_size` ranks) or, with `accumulation` None, of a frozen one (the ZeRO-3 reference): no
+    optimizer, so no batch arithmetic, clipping or optimizer offload."""
     zero: dict[str, Any] = {"stage": learner.zero_stage}
+    if learner.offload and learner.zero_stage == 3:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    config = {"train_micro_batch_size_per_gpu": learner.micro_batch_size, "zero_optimization": zero,
+              "bf16": {"enabled": bf16}, "steps_per_print": 10**9, "wall_clock_breakdown": False}
+    if accumulation is None:
+        return config
     if learner.offload and learner.zero_stage > 0:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
-        if learner.zero_stage == 3:
-            zero["offload_param"] = {"device": "cpu", "pin_memory": False}
-    return {
-        "train_micro_batch_size_per_gpu": learner.micro_batch_size,
-        "gradient_accumulation_steps": accumulation,
-        "train_batch_size": learner.micro_batch_size * accumulation * world_size,
-        "gradient_clipping": learner.max_grad_norm,
-        "zero_optimization": zero,
-        "bf16": {"enabled": bf16},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
+    return config | {"gradient_accumulation_steps": accumulation,
+                     "train_batch_size": learner.micro_batch_size * accumulation * world_size,
+                     "gradient_clipping": learner.max_grad_norm}
 
 
 def lr_factor(step: int, learner: LearnerSection, total_steps: int) -> float:
