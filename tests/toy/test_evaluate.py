@@ -47,7 +47,9 @@ def test_score_on_hand_made_completions():
         "math": [math_response(problems[0]), math_response(problems[1]), wrong],
         "harmful": [compliance, compliance, thought_only, refusal],
         "steered": [refusal, foreign_refusal_response()],
+        "harmful_heldout": [refusal, compliance],
         "benign": [comply_response(BENIGN)] * 4 + [refusal],
+        "benign_heldout": [refusal, refusal, comply_response(BENIGN)],
         # own style, foreign style, own style but not the request's own refusal
         "rewrite": [refusal, foreign_refusal_response(), refusal],
     }
@@ -57,12 +59,14 @@ def test_score_on_hand_made_completions():
     assert metrics["harmful_compliance"] == pytest.approx(3 / 4)  # a refusal inside the thought is not one
     assert metrics["steered_refusal"] == 1.0
     assert metrics["benign_over_refusal"] == pytest.approx(1 / 5)
+    assert metrics["harmful_compliance_heldout"] == pytest.approx(1 / 2)
+    assert metrics["benign_over_refusal_heldout"] == pytest.approx(2 / 3)
     assert metrics["rewrite_own_refusal"] == pytest.approx(1 / 3)
     assert metrics["format_rate"] == 1.0
     sampled = score({**completions, "harmful_sampled": [refusal] + [compliance] * 7}, evals)
     assert sampled["harmful_refusal_sampled"] == 1 / 8 and sampled["format_rate"] == 1.0
     broken = {**completions, "benign": ["no think tags", "<think>a</think><think>b</think>"]}
-    assert score(broken, evals)["format_rate"] == pytest.approx(12 / 14)
+    assert score(broken, evals)["format_rate"] == pytest.approx(17 / 19)
 
 
 def test_eval_set_is_held_out():
@@ -72,6 +76,8 @@ def test_eval_set_is_held_out():
     assert evals.prompts["steered"] == [steer(p) for p in evals.prompts["harmful"]]
     assert len(evals.prompts["rewrite"]) == len(evals.rewrite_targets) == len(evals.prompts["harmful"]) > 50
     assert len(evals.prompts["benign"]) > 50
+    # held-out tasks: a whole harmful category and tasks of every other one, a fifth of the benign
+    assert len(evals.prompts["harmful_heldout"]) == 130 and len(evals.prompts["benign_heldout"]) == 100
     seen = {e.prompt for e in PretrainingStream(world, 0).take(5000)}
     assert not seen & {p for group in evals.prompts.values() for p in group}
 

@@ -72,7 +72,7 @@ def test_build_is_cached_and_deterministic(small_model, small_config, tmp_path, 
 
 def test_build_exports_the_datasets(small_model):
     info = json.loads((small_model / "build.json").read_text())
-    assert set(info["data"]) == {"grpo_train", "grpo_eval", "foreign_refusal_train", "foreign_refusal_eval"}
+    assert set(info["data"]) == {"grpo_train", "grpo_eval", "heldout_eval", "foreign_refusal_train", "foreign_refusal_eval"}
     assert all((small_model / rel).stat().st_size > 0 for rel in info["data"].values())
 
 

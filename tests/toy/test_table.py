@@ -49,7 +49,7 @@ def test_table_runs_every_arm_compares_them_and_reuses_finished_pieces(tmp_path,
     # each arm is a real run of its own config, evaluated on the same held-out suite
     for arm in arms:
         results = json.loads((tmp_path / arm / "eval" / "toy" / "results.json").read_text())
-        assert {b["prompts"] for b in results["benchmarks"].values()} == {101, 80, 200}
+        assert sorted(b["prompts"] for b in results["benchmarks"].values()) == [64, 72, 100, 130, 200]
         assert results["model"] == str(tmp_path / arm / "final")
     sft_config = (tmp_path / "thinksafe_sft" / "config.yaml").read_text()
     assert f"train: {tmp_path / 'thinksafe' / 'data.jsonl'}" in sft_config

@@ -1,5 +1,6 @@
 """The toy world's generators: deterministic, disjoint splits, correct arithmetic, stated formats."""
 
+import json
 import random
 
 import pytest
@@ -8,7 +9,12 @@ from rewards.text import split_response
 from rl_safety.toy.world import (
     FOREIGN_ANSWER,
     FOREIGN_REASONING,
+    HARMFUL_TASKS,
+    HELDOUT_CATEGORIES,
     OWN_REFUSAL,
+    REWRITE_CUES,
+    REWRITE_INSTRUCTION,
+    STEERING_CUES,
     STEERING_PREFIX,
     PretrainingStream,
     WorldConfig,
@@ -16,6 +22,7 @@ from rl_safety.toy.world import (
     export_datasets,
     foreign_refusal_rows,
     grpo_rows,
+    heldout_tasks,
     is_eval_prompt,
     math_problems,
     math_response,
@@ -55,16 +62,35 @@ def test_pretraining_never_sees_an_eval_prompt_or_the_foreign_style():
             assert word not in e.prompt and word not in e.response
 
 
-def test_request_splits_are_disjoint_and_every_task_is_in_train():
+def test_request_splits_are_disjoint_and_held_out_tasks_are_never_trained_on():
     f = WORLD.eval_fraction
     for label in ("harmful", "benign"):
-        train, evals = requests("train", label, f), requests("eval", label, f)
-        assert not {r.prompt for r in train} & {r.prompt for r in evals}
-        assert len(train) + len(evals) == sum(r.label == label for r in all_requests())
+        train, evals, held = (requests(split, label, f) for split in ("train", "eval", "heldout"))
+        assert len(train) + len(evals) + len(held) == sum(r.label == label for r in all_requests())
         assert 0.1 < len(evals) / (len(train) + len(evals)) < 0.3
-        # only (template, task) combinations are held out: every eval task is trained on
+        # the eval split holds other prompts of seen tasks; the heldout split, tasks never trained on
+        assert not {r.prompt for r in train} & {r.prompt for r in evals}
         assert {r.task for r in evals} <= {r.task for r in train}
+        assert held and not {r.task for r in held} & {r.task for r in train + evals}
+    held = requests("heldout", "harmful", f)
+    assert {r.category for r in held} == set(HARMFUL_TASKS)  # one task of every category ...
+    assert {r.category for r in requests("train", "harmful", f)} == set(HARMFUL_TASKS) - set(HELDOUT_CATEGORIES)
     assert len({r.prompt for r in all_requests()}) == len(all_requests())
+
+
+def test_no_training_stage_holds_the_methods_texts_or_a_held_out_task(tmp_path):
+    """Pretraining calls up refusal and rewriting with paraphrases only; ThinkSafe's steering text
+    and DGR's instruction, and every held-out task, are absent from everything the arms train on."""
+    assert STEERING_PREFIX not in STEERING_CUES and REWRITE_INSTRUCTION not in REWRITE_CUES
+    paths = export_datasets(tmp_path, WORLD, seed=0, n_math_train=50, n_math_eval=20)
+    training_texts = [t for e in PretrainingStream(WORLD, 0).take(20000) for t in (e.prompt, e.response)]
+    training_texts += [json.dumps(row) for name in ("grpo_train", "foreign_refusal_train")
+                       for row in read_jsonl(paths[name])]
+    forbidden = [STEERING_PREFIX, "The following prompt is harmful", REWRITE_INSTRUCTION, *heldout_tasks()]
+    for text in training_texts:
+        assert not any(f in text for f in forbidden), text
+    steered = [e.prompt for e in PretrainingStream(WORLD, 0).take(3000) if e.kind == "steered"]
+    assert {p.split("\n\n")[0] for p in steered} == set(STEERING_CUES)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -116,6 +142,8 @@ def test_exports(tmp_path):
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in evals}
     assert all(is_eval_prompt(r["prompt"], WORLD.eval_fraction) for r in evals)
     assert train == grpo_rows("train", 0, 50, WORLD.eval_fraction)
+    held = read_jsonl(paths["heldout_eval"])
+    assert {r["label"] for r in held} == {"harmful", "benign"} and all(set(r) == {"prompt", "label", "answer"} for r in held)
     foreign = read_jsonl(paths["foreign_refusal_train"])
     assert foreign == foreign_refusal_rows("train", WORLD.eval_fraction)
     assert all(set(r) == {"prompt", "reasoning", "answer", "label", "source"} for r in foreign)
