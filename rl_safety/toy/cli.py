@@ -3,8 +3,8 @@
     toy build [--force] [--no-eval] [--ship] [key=value ...]   e.g. steps=300 world.harmful_refusal_rate=0.2
     toy eval --model PATH [--seed N] [--n-math N] [--n-sampled N] [--out FILE.json]
     toy run [--output-dir DIR] [key=value ...]        the GRPO arm end to end (GRPO config overrides)
-    toy table [--output-dir DIR] [--arms A,B] [CONFIG.key=value ...]
-                                                      all four arms, evaluated and compared
+    toy table [--output-dir DIR] [--arms A,B] [--seeds N] [CONFIG.key=value ...]
+                                                      all four arms, evaluated and compared, N seeds
                                                       (CONFIG: sft, dgr, thinksafe, grpo)
 """
 
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "evaluation, safety-tax table and plots")
     table.add_argument("--output-dir", type=Path, default=Path("runs/toy_table"), help="where the runs go")
     table.add_argument("--arms", default=None, help=f"comma-separated subset of {','.join(all_arms())} (default: all)")
+    table.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every arm's training and data generation "
+                                                            "(default 3); the table gives mean and 95%% interval")
     table.add_argument("overrides", nargs="*", help="CONFIG.key=value, CONFIG one of sft, dgr, thinksafe, grpo "
                                                     "(rl_safety/toy/configs/CONFIG.yaml), e.g. grpo.run.total_steps=10")
     args = parser.parse_args(argv)
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         from rl_safety.toy.table import run_table
 
         _, failed = run_table(args.output_dir, args.overrides,
-                              tuple(a for a in args.arms.split(",") if a) if args.arms else None)
+                              tuple(a for a in args.arms.split(",") if a) if args.arms else None, args.seeds)
         return 1 if failed else 0
     if args.command == "run":
         from rl_safety.toy.grpo_arm import run_grpo_arm

@@ -1,5 +1,7 @@
 """`rl-safety toy table`: the four arms of the toy experiment on the base toy LRM, each evaluated
-by the eval harness on the toy suite, and the safety-tax table and plots of `rl-safety compare`.
+by the eval harness on the toy suite, and the safety-tax table and plots of `rl-safety compare`,
+once per seed (`--seeds`, default 3: OUT/seedK/ below is OUT/), then every cell's mean and 95%
+interval over the seeds (OUT/seeds.md, OUT/seeds.json).
 
     OUT/base/                   the base model, evaluated only (compare's reference for the tax)
     OUT/vanilla_sft/            SFT on the foreign refusal set as it is (the DirectRefusal analogue)
@@ -166,24 +168,119 @@ class ToyTable:
         return run_eval(str(model), self.suite, self.suite_file, run_dir)
 
 
-def run_table(output_dir: Path, overrides: list[str],
-              arms: tuple[str, ...] | None = None) -> tuple[dict[str, Path], dict[str, str]]:
-    """Build (or reuse) the base toy model, then `ToyTable(...).run()` in one local Ray session."""
+# ----------------------------------------------------------------------------- seeds
+
+# Two-sided 95% Student-t quantiles by degrees of freedom (seeds - 1); beyond 30, the normal's.
+T_975 = dict(enumerate([12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+                        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+                        2.060, 2.056, 2.052, 2.048, 2.045, 2.042], start=1))
+
+
+def seed_overrides(seed: int) -> list[str]:
+    """What one seed of the table varies: every arm's training and each method's generation (the
+    base model is one build for all seeds)."""
+    return [f"sft.run.seed={seed}", f"grpo.run.seed={seed}", *(f"{m}.output.seed={seed}" for m in toy_methods())]
+
+
+def mean_interval(values: list[float]) -> tuple[float, float | None]:
+    """Mean and the half-width of its 95% Student-t interval over independent seeds (None for one)."""
+    import statistics
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, T_975.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
+
+
+def run_cells(comparison_json: Path) -> dict[str, dict[str, float]]:
+    """{method: {cell: value}} of one seed's comparison: each benchmark's refusal rate (harmful,
+    benign) or accuracy (reasoning), in %, and the training cost."""
+    methods = json.loads(comparison_json.read_text())["methods"]
+    cells: dict[str, dict[str, float]] = {}
+    for label, m in methods.items():
+        results = json.loads((Path(m["run_dir"]) / "eval" / SUITE / "results.json").read_text())
+        row = {}
+        for name, bench in results["benchmarks"].items():
+            metric = "accuracy" if bench["kind"] == "reasoning" else "refusal_rate"
+            row[f"{name} {metric.removesuffix('_rate')}"] = 100 * bench["metrics"][metric]["value"]
+        row["train FLOPs"] = m["training_flops_estimate"] or 0.0
+        row["train device-h"] = m["training_device_hours"] or 0.0
+        cells[label] = row
+    return cells
+
+
+def seed_summary(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{method: {cell: {"mean", "half_width", "values"}}} over the seeds that have the method."""
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for label in dict.fromkeys(label for cells in per_seed for label in cells):
+        runs = [cells[label] for cells in per_seed if label in cells]
+        summary[label] = {}
+        for cell in dict.fromkeys(c for run in runs for c in run):
+            values = [run[cell] for run in runs if cell in run]
+            mean, half = mean_interval(values)
+            summary[label][cell] = {"mean": mean, "half_width": half, "values": values}
+    return summary
+
+
+def seed_markdown(summary: dict[str, dict[str, dict[str, Any]]], seeds: int) -> str:
+    cells = list(dict.fromkeys(c for row in summary.values() for c in row))
+
+    def fmt(cell: str, s: dict[str, Any]) -> str:
+        if cell == "train FLOPs":
+            return f"{s['mean']:.3g}"
+        if cell == "train device-h":
+            return f"{s['mean']:.4f}"
+        if s["half_width"] is None:
+            return f"{s['mean']:.1f}"
+        low, high = max(0.0, s["mean"] - s["half_width"]), min(100.0, s["mean"] + s["half_width"])  # rates
+        return f"{s['mean']:.1f} [{low:.1f}, {high:.1f}]"
+
+    lines = [f"# Toy table over {seeds} seeds: mean [95% Student-t interval over seeds], %",
+             "", "| method | " + " | ".join(cells) + " |", "|---" * (len(cells) + 1) + "|"]
+    for label, row in summary.items():
+        n = len(next(iter(row.values()))["values"])
+        lines.append(f"| {label}{'' if n == seeds else f' ({n} seeds)'} | "
+                     + " | ".join(fmt(c, row[c]) if c in row else "–" for c in cells) + " |")
+    lines += ["", "Cells: each benchmark's refusal rate (harmful, benign: over-refusal) or accuracy "
+              "(arithmetic), the interval over seeds (training and data-generation randomness on one "
+              "eval set) clipped to [0, 100]; costs are means and carry no interval. Each seed's own table, with "
+              "sampling intervals within the seed, is seedK/comparison/comparison.md."]
+    return "\n".join(lines) + "\n"
+
+
+def run_table(output_dir: Path, overrides: list[str], arms: tuple[str, ...] | None = None,
+              seeds: int = 3) -> tuple[dict[str, Path], dict[str, str]]:
+    """Build (or reuse) the base toy model, then `ToyTable(...).run()` for each seed under
+    OUT/seedK/ in one local Ray session, and the mean and interval over seeds (OUT/seeds.md,
+    OUT/seeds.json). Returns the files written and the arms that failed, as "seedK/arm"."""
     from rl_safety.config.cluster import ClusterSection
     from rl_safety.eval.compare import print_report
     from rl_safety.orchestration.cluster import connect
     from rl_safety.toy.model import BuildConfig, build_base_model
 
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     check_arms(arms)  # before the base model is built (minutes)
     split_overrides(overrides)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     base = build_base_model(BuildConfig(), log=log)
-    table = ToyTable(base, output_dir, overrides, arms, log=log)
+    tables = [ToyTable(base, output_dir / f"seed{seed}", [*seed_overrides(seed), *overrides], arms, log=log)
+              for seed in range(seeds)]  # every seed's configs checked before any work
     output_dir.mkdir(parents=True, exist_ok=True)
     connect(ClusterSection(), devices=3)  # one session for every step (each would otherwise start its own)
-    written, failed = table.run()
-    print_report(written)
+    per_seed, failed = [], {}
+    for seed, table in enumerate(tables):
+        log(f"==== seed {seed}")
+        written, seed_failed = table.run()
+        print_report(written)
+        per_seed.append(run_cells(written["json"]))
+        failed |= {f"seed{seed}/{arm}": why for arm, why in seed_failed.items()}
+    summary = seed_summary(per_seed)
+    (output_dir / "seeds.json").write_text(json.dumps(summary, indent=1) + "\n")
+    markdown = output_dir / "seeds.md"
+    markdown.write_text(seed_markdown(summary, seeds))
+    print(markdown.read_text())
     for arm, why in failed.items():
         print(f"arm {arm} FAILED and is not in the table: {why}")
-    return written, failed
+    return {"markdown": markdown, "json": output_dir / "seeds.json"}, failed
 
