@@ -5,7 +5,8 @@
 temporary directory and renamed into place, so a crashed or concurrent build never leaves a partial
 model. The default config's model ships with the package (`rl_safety/toy/shipped/`, 3.5 MB): the
 build takes about 15 minutes on one core (913 s for the shipped build), so a fresh machine runs the
-toy job and its tests without it; `rl-safety toy build --force --ship` rebuilds it after a change to the world or the build.
+toy job and its tests without it; `rl-safety toy build --force --ship` rebuilds it after a change to
+the world or the build.
 The directory is an ordinary Hugging Face checkpoint (model + tokenizer with a chat template) that vLLM and `AutoModelForCausalLM.from_pretrained` load like any other, plus `data/` (the toy
 world's JSONL exports), `build.json` (config, build time, size, loss curve).
 """

@@ -243,8 +243,8 @@ def seed_markdown(summary: dict[str, dict[str, dict[str, Any]]], seeds: int) -> 
                      + " | ".join(fmt(c, row[c]) if c in row else "–" for c in cells) + " |")
     lines += ["", "Cells: each benchmark's refusal rate (harmful, benign: over-refusal) or accuracy "
               "(arithmetic), the interval over seeds (training and data-generation randomness on one "
-              "eval set) clipped to [0, 100]; costs are means and carry no interval. Each seed's own table, with "
-              "sampling intervals within the seed, is seedK/comparison/comparison.md."]
+              "eval set) clipped to [0, 100]; costs are means and carry no interval. Each seed's own "
+              "table, with sampling intervals within the seed, is seedK/comparison/comparison.md."]
     return "\n".join(lines) + "\n"
 
 
@@ -276,11 +276,12 @@ def run_table(output_dir: Path, overrides: list[str], arms: tuple[str, ...] | No
         per_seed.append(run_cells(written["json"]))
         failed |= {f"seed{seed}/{arm}": why for arm, why in seed_failed.items()}
     summary = seed_summary(per_seed)
-    (output_dir / "seeds.json").write_text(json.dumps(summary, indent=1) + "\n")
-    markdown = output_dir / "seeds.md"
-    markdown.write_text(seed_markdown(summary, seeds))
-    print(markdown.read_text())
+    written = {"markdown": output_dir / "seeds.md", "json": output_dir / "seeds.json"}
+    written["json"].write_text(json.dumps(summary, indent=1) + "\n")
+    markdown = seed_markdown(summary, seeds)
+    written["markdown"].write_text(markdown)
+    print(markdown)
     for arm, why in failed.items():
         print(f"arm {arm} FAILED and is not in the table: {why}")
-    return {"markdown": markdown, "json": output_dir / "seeds.json"}, failed
+    return written, failed
 

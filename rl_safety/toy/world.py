@@ -27,6 +27,7 @@ a fifth of the benign tasks: `heldout_tasks`); of the remaining, seen tasks, **e
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -202,6 +203,7 @@ def split_of(prompt: str, eval_fraction: float) -> str:
     return "eval" if is_eval_prompt(prompt, eval_fraction) else "train"
 
 
+@functools.cache  # a function of the module's constants, asked once per request by request_split
 def heldout_tasks() -> frozenset[str]:
     """Tasks no training stage sees: every task of `HELDOUT_CATEGORIES`, the task with the lowest
     stable hash in every other harmful category, and the `HELDOUT_BENIGN_FRACTION` of benign tasks
