@@ -8,5 +8,7 @@
   them in its own words when steered, and rewrites foreign text in its own style (steering and
   rewriting trained under paraphrases, never under the methods' own texts).
 - `evaluate`: held-out metrics with vLLM.
-- `cli`: `toy build`, `toy eval`.
+- `shift`: the foreign refusal set at a chosen distance (nats per token) from the base model.
+- `table`: the four-arm experiment (`toy table`), over seeds and sweeps.
+- `cli`: `toy build`, `toy eval`, `toy run`, `toy table`, `toy shift`.
 """

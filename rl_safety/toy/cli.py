@@ -3,9 +3,12 @@
     toy build [--force] [--no-eval] [--ship] [key=value ...]   e.g. steps=300 world.harmful_refusal_rate=0.2
     toy eval --model PATH [--seed N] [--n-math N] [--n-sampled N] [--out FILE.json]
     toy run [--output-dir DIR] [key=value ...]        the GRPO arm end to end (GRPO config overrides)
-    toy table [--output-dir DIR] [--arms A,B] [--seeds N] [CONFIG.key=value ...]
-                                                      all four arms, evaluated and compared, N seeds
-                                                      (CONFIG: sft, dgr, thinksafe, grpo)
+    toy table [--output-dir DIR] [--arms A,B] [--seeds N] [--shift NATS] [--sweep NAME=V1,V2,...]
+              [CONFIG.key=value ...]                  all four arms, evaluated and compared, N seeds
+                                                      (CONFIG: sft, dgr, thinksafe, grpo; NAME: shift
+                                                      or CONFIG.key)
+    toy shift [--target NATS] [--output-dir DIR]      the foreign refusal set at NATS per token from
+                                                      the base model (the curve and the level chosen)
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from rl_safety.toy.table import all_arms
+from rl_safety.toy.table import DEFAULT_SHIFT, all_arms
 
 
 def _overrides(pairs: list[str]) -> dict[str, str]:
@@ -83,16 +86,36 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("--arms", default=None, help=f"comma-separated subset of {','.join(all_arms())} (default: all)")
     table.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every arm's training and data generation "
                                                             "(default 3); the table gives mean and 95%% interval")
+    table.add_argument("--shift", type=float, default=DEFAULT_SHIFT,
+                       help=f"the foreign refusal set's NLL per token under the base model, in nats (default "
+                            f"{DEFAULT_SHIFT:g}): vanilla SFT's data and DGR's source")
+    table.add_argument("--sweep", default=None, metavar="NAME=V1,V2,...",
+                       help="run the arms once per value: NAME is shift (e.g. shift=0.5,1,2,4,8) or a "
+                            "CONFIG.key (e.g. sft.learner.learning_rate=1e-4,1e-3); writes OUT/sweep.md")
     table.add_argument("overrides", nargs="*", help="CONFIG.key=value, CONFIG one of sft, dgr, thinksafe, grpo "
                                                     "(rl_safety/toy/configs/CONFIG.yaml), e.g. grpo.run.total_steps=10")
+    shift = sub.add_parser("shift", help="write the foreign refusal set at a distance from the base model")
+    shift.add_argument("--target", type=float, default=DEFAULT_SHIFT, help="nats per token (default %(default)g)")
+    shift.add_argument("--output-dir", type=Path, default=Path("runs/toy_foreign"), help="where the set goes")
     args = parser.parse_args(argv)
 
     if args.command == "table":
         from rl_safety.toy.table import run_table
 
         _, failed = run_table(args.output_dir, args.overrides,
-                              tuple(a for a in args.arms.split(",") if a) if args.arms else None, args.seeds)
+                              tuple(a for a in args.arms.split(",") if a) if args.arms else None, args.seeds,
+                              args.shift, args.sweep)
         return 1 if failed else 0
+    if args.command == "shift":
+        from rl_safety.toy.model import BuildConfig, build_base_model
+        from rl_safety.toy.shift import write_foreign_set
+
+        made = write_foreign_set(build_base_model(BuildConfig(), log=lambda msg: print(msg, flush=True)),
+                                 args.target, args.output_dir)
+        curve = json.loads((args.output_dir / "foreign.json").read_text())["curve"]
+        print("NLL per token by whole style level: " + ", ".join(f"{k}: {v:.2f}" for k, v in enumerate(curve)))
+        print(f"wrote {made.path}: style level {made.level:.3f}, {made.nll:.3f} nats per token (asked {made.target:g})")
+        return 0
     if args.command == "run":
         from rl_safety.toy.grpo_arm import run_grpo_arm
 

@@ -3,21 +3,33 @@ by the eval harness on the toy suite, and the safety-tax table and plots of `rl-
 once per seed (`--seeds`, default 3: OUT/seedK/ below is OUT/), then every cell's mean and 95%
 interval over the seeds (OUT/seeds.md, OUT/seeds.json).
 
+    OUT/foreign_shift=S/        the foreign refusal set (the DirectRefusal analogue) S nats per
+                                token from the base model (`--shift`, default 2: rl_safety.toy.shift)
     OUT/base/                   the base model, evaluated only (compare's reference for the tax)
-    OUT/vanilla_sft/            SFT on the foreign refusal set as it is (the DirectRefusal analogue)
+    OUT/vanilla_sft/            SFT on the foreign refusal set as it is
     OUT/dgr/data.jsonl          the base model's rewrites of that set in its own words (DGR) ...
     OUT/dgr_sft/                ... and SFT on them
     OUT/thinksafe/data.jsonl    the base model's own refusals when steered, and its answers to the
                                 benign prompts (ThinkSafe) ...
     OUT/thinksafe_sft/          ... and SFT on them
+    OUT/sft_data/ARM.jsonl      what each SFT arm trains on (below)
     OUT/grpo/                   GRPO with the verifiable safety + arithmetic rewards
     OUT/comparison/             comparison.md / .html / .json, safety_vs_reasoning.png, quality_vs_cost.png
 
-Every SFT arm trains with rl_safety/toy/configs/sft.yaml, so they differ only in their data; each
-registered safety-data method (rl_safety.refine.methods: DGR, ThinkSafe, ...) generates with its
-toy config and is an arm `NAME_sft`; GRPO trains with rl_safety/toy/configs/grpo.yaml; each with
-`CONFIG.key=value` overrides (sft., dgr., thinksafe., grpo.). Every run writes its cost
-ledger, and a DGR / ThinkSafe arm's cost includes generating its data.
+Equal footing: every SFT arm trains with rl_safety/toy/configs/sft.yaml for the same number of
+optimizer steps (`training.max_steps`) on its own harmful rows plus the same benign rows (the base
+model's own answers to the training split's benign prompts, `world.own_answer_rows`; ThinkSafe's
+sampled answers to them are replaced by these), so the arms differ in their harmful rows only:
+the foreign set (one per harmful training prompt), its DGR rewrites (one kept per prompt) or
+ThinkSafe's steered refusals (one per prompt where the steered model refused at least once).
+Each registered safety-data method (rl_safety.refine.methods: DGR, ThinkSafe, ...) generates with
+its toy config and is an arm `NAME_sft`; GRPO trains with rl_safety/toy/configs/grpo.yaml on the
+same training prompts; each with `CONFIG.key=value` overrides (sft., dgr., thinksafe., grpo.).
+Every run writes its cost ledger, and a DGR / ThinkSafe arm's cost includes generating its data.
+
+`--sweep NAME=V1,V2,...` runs the arms once per value (and per seed) under OUT/seedK/NAME=V/,
+sharing the base's evaluation, and writes OUT/sweep.md: NAME `shift` is the foreign set's distance
+(the dose-response of the safety tax), any other is a CONFIG.key (e.g. the SFT learning rate).
 
 A finished piece is never redone: rerun the command after a crash or an interruption and it
 starts at the first missing one (an arm's `final/`, a dataset, an eval's results.json); a GRPO run
@@ -37,6 +49,7 @@ from rl_safety.toy.grpo_arm import (GRPO_CONFIG, finished_with_same_config, resu
 
 TOY_CONFIGS = Path(__file__).parent / "configs"
 SUITE = "toy"
+FOREIGN_SET = "foreign_refusal_train.jsonl"  # the base's export a method's toy_source names for the foreign set
 
 
 def toy_methods() -> dict[str, Any]:
@@ -73,7 +86,8 @@ class ToyTable:
     """The experiment's steps over one output directory; each step is skipped when its result
     is already there. All configs are loaded (and checked) in the constructor, before any work."""
 
-    def __init__(self, base: Path, output_dir: Path, overrides: list[str], arms: tuple[str, ...] | None = None,
+    def __init__(self, base: Path, output_dir: Path, overrides: list[str], foreign: Path,
+                 arms: tuple[str, ...] | None = None, base_dir: Path | None = None,
                  log: Callable[[str], None] = print) -> None:
         from rl_safety.config import GRPOConfig, SFTConfig, load_config
         from rl_safety.eval.harness import find_suite
@@ -81,21 +95,24 @@ class ToyTable:
 
         check_arms(arms)
         self.base, self.out, self.arms, self.log = base, output_dir, arms or all_arms(), log
+        self.base_dir = base_dir or output_dir / "base"  # a sweep's points share one evaluation of the base
         self.methods = toy_methods()
         self.grouped = split_overrides(overrides)
         data = base / "data"
-        self.foreign = data / "foreign_refusal_train.jsonl"
+        self.foreign = foreign
+        sources = {path.name: path for path in data.glob("*.jsonl")} | {FOREIGN_SET: foreign}
+        self.safety_rows = {"vanilla_sft": foreign, **{f"{name}_sft": output_dir / name / "data.jsonl"
+                                                       for name in self.methods}}
 
-        def sft_config(name: str, train: Path):
+        def sft_config(arm: str):
             return load_config(SFTConfig, TOY_CONFIGS / "sft.yaml", [
-                f"model.path={base}", f"data.train={train}", f"run.output_dir={output_dir}", f"run.name={name}",
-                *self.grouped["sft"]])
+                f"model.path={base}", f"data.train={output_dir / 'sft_data' / f'{arm}.jsonl'}",
+                f"run.output_dir={output_dir}", f"run.name={arm}", *self.grouped["sft"]])
 
-        self.sft = {"vanilla_sft": sft_config("vanilla_sft", self.foreign),
-                    **{f"{name}_sft": sft_config(f"{name}_sft", output_dir / name / "data.jsonl") for name in self.methods}}
+        self.sft = {arm: sft_config(arm) for arm in self.safety_rows}
         self.generation = {
             name: load_config(method.config, method.toy_config, [
-                f"model.path={base}", f"data.train={data / method.toy_source}",
+                f"model.path={base}", f"data.train={sources[method.toy_source]}",
                 f"output.path={output_dir / name / 'data.jsonl'}", *self.grouped[name]])
             for name, method in self.methods.items()
         }
@@ -111,7 +128,7 @@ class ToyTable:
         rows to train on) is reported and left out, the others still finish and are compared."""
         from rl_safety.eval.compare import compare
 
-        run_dirs, failed = {"base": self.out / "base"}, {}
+        run_dirs, failed = {"base": self.base_dir}, {}
         self.evaluate(self.base, run_dirs["base"])
         for arm in self.arms:
             started = time.time()
@@ -142,7 +159,19 @@ class ToyTable:
         method = arm.removesuffix("_sft")
         if method in self.generation:
             self.generate(method)
+        self.write_sft_data(arm, Path(cfg.data.train))
         return run_sft(cfg, source=str(TOY_CONFIGS / "sft.yaml"), resume=resume_with_same_config(cfg, run_dir))
+
+    def write_sft_data(self, arm: str, path: Path) -> None:
+        """The arm's harmful rows and the benign rows every SFT arm shares (`world.own_answer_rows`:
+        the base model's own answers to the training split's benign prompts), so the arms differ in
+        their safety data only. A method's own benign rows (ThinkSafe samples answers to the benign
+        prompts) are replaced by the shared ones."""
+        from rl_safety.toy.world import own_answer_rows, read_jsonl, write_jsonl
+
+        harmful = [row for row in read_jsonl(self.safety_rows[arm]) if row["label"] == "harmful"]
+        eval_fraction = json.loads((self.base / "data" / "world.json").read_text())["eval_fraction"]
+        write_jsonl(path, harmful + own_answer_rows("train", eval_fraction))
 
     def generate(self, method: str) -> Path:
         from rl_safety.refine.generate import data_cost_path
@@ -222,66 +251,146 @@ def seed_summary(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[
     return summary
 
 
-def seed_markdown(summary: dict[str, dict[str, dict[str, Any]]], seeds: int) -> str:
-    cells = list(dict.fromkeys(c for row in summary.values() for c in row))
+def _cell(cell: str, s: dict[str, Any]) -> str:
+    if cell == "train FLOPs":
+        return f"{s['mean']:.3g}"
+    if cell == "train device-h":
+        return f"{s['mean']:.4f}"
+    if s["half_width"] is None:
+        return f"{s['mean']:.1f}"
+    low, high = max(0.0, s["mean"] - s["half_width"]), min(100.0, s["mean"] + s["half_width"])  # rates
+    return f"{s['mean']:.1f} [{low:.1f}, {high:.1f}]"
 
-    def fmt(cell: str, s: dict[str, Any]) -> str:
-        if cell == "train FLOPs":
-            return f"{s['mean']:.3g}"
-        if cell == "train device-h":
-            return f"{s['mean']:.4f}"
-        if s["half_width"] is None:
-            return f"{s['mean']:.1f}"
-        low, high = max(0.0, s["mean"] - s["half_width"]), min(100.0, s["mean"] + s["half_width"])  # rates
-        return f"{s['mean']:.1f} [{low:.1f}, {high:.1f}]"
 
-    lines = [f"# Toy table over {seeds} seeds: mean [95% Student-t interval over seeds], %",
-             "", "| method | " + " | ".join(cells) + " |", "|---" * (len(cells) + 1) + "|"]
-    for label, row in summary.items():
+def _table(rows: list[tuple[str, dict[str, dict[str, Any]]]], seeds: int, first: str = "method") -> list[str]:
+    cells = list(dict.fromkeys(c for _, row in rows for c in row))
+    lines = [f"| {first} | " + " | ".join(cells) + " |", "|---" * (len(cells) + 1) + "|"]
+    for label, row in rows:
         n = len(next(iter(row.values()))["values"])
         lines.append(f"| {label}{'' if n == seeds else f' ({n} seeds)'} | "
-                     + " | ".join(fmt(c, row[c]) if c in row else "–" for c in cells) + " |")
-    lines += ["", "Cells: each benchmark's refusal rate (harmful, benign: over-refusal) or accuracy "
-              "(arithmetic), the interval over seeds (training and data-generation randomness on one "
-              "eval set) clipped to [0, 100]; costs are means and carry no interval. Each seed's own "
-              "table, with sampling intervals within the seed, is seedK/comparison/comparison.md."]
+                     + " | ".join(_cell(c, row[c]) if c in row else "–" for c in cells) + " |")
+    return lines
+
+
+CELLS_NOTE = ("Cells: each benchmark's refusal rate (harmful, benign: over-refusal) or accuracy "
+              "(arithmetic), with the 95% Student-t interval over seeds (training and data-generation "
+              "randomness on one eval set) clipped to [0, 100] when there are two seeds or more; "
+              "costs are means and carry no interval. Each run's own table, with sampling intervals "
+              "within the run, is its comparison/comparison.md.")
+
+
+def _foreign_line(made) -> str:
+    return (f"the foreign set: {made.nll:.2f} nats per token from the base model's own refusals "
+            f"(asked {made.target:g}; style level {made.level:.3f})")
+
+
+def seed_markdown(summary: dict[str, dict[str, dict[str, Any]]], seeds: int, foreign) -> str:
+    lines = [f"# Toy table over {seeds} seeds: mean [95% Student-t interval over seeds], %", "",
+             f"Every SFT arm: its harmful rows plus the same benign rows, the same optimizer steps; {_foreign_line(foreign)}.",
+             "", *_table(list(summary.items()), seeds), "", CELLS_NOTE]
     return "\n".join(lines) + "\n"
 
 
-def run_table(output_dir: Path, overrides: list[str], arms: tuple[str, ...] | None = None,
-              seeds: int = 3) -> tuple[dict[str, Path], dict[str, str]]:
-    """Build (or reuse) the base toy model, then `ToyTable(...).run()` for each seed under
-    OUT/seedK/ in one local Ray session, and the mean and interval over seeds (OUT/seeds.md,
-    OUT/seeds.json). Returns the files written and the arms that failed, as "seedK/arm"."""
+def sweep_markdown(summary: dict[str, dict[str, dict[str, dict[str, Any]]]], seeds: int, foreign: dict) -> str:
+    """One row per (sweep value, method), the base once (every value shares its evaluation), and
+    the foreign set each value trained on."""
+    rows = []
+    for label, methods in summary.items():
+        rows += [("base" if method == "base" else f"{label} {method}", row)
+                 for method, row in methods.items() if method != "base" or not rows]
+    lines = [f"# Toy sweep over {seeds} seed(s): mean [95% Student-t interval over seeds], %", ""]
+    if len(set(foreign.values())) == 1:
+        lines.append(f"Every point: {_foreign_line(next(iter(foreign.values())))}.")
+    else:
+        lines += [f"- {label}: {_foreign_line(made)}" for label, made in foreign.items()]
+    lines += ["", *_table(rows, seeds, first="point method"), "", CELLS_NOTE]
+    return "\n".join(lines) + "\n"
+
+
+DEFAULT_SHIFT = 2.0  # nats per token from the base model's own refusals: a realistic gap (rl_safety.toy.shift)
+SWEEP_SHIFT = "shift"  # --sweep shift=...: the foreign set's distance, not a config key
+
+
+def parse_sweep(spec: str | None) -> tuple[str, list[str]] | None:
+    """`--sweep NAME=V1,V2,...` -> (NAME, values): NAME is `shift` (nats per token) or a
+    CONFIG.key override (e.g. sft.learner.learning_rate); checked before any work."""
+    if spec is None:
+        return None
+    name, _, values = spec.partition("=")
+    points = [v for v in values.split(",") if v]
+    if not name or not points:
+        raise ConfigError(f"--sweep {spec!r}: expected NAME=V1,V2,... (NAME: shift or CONFIG.key)")
+    if name == SWEEP_SHIFT:
+        for v in points:
+            try:
+                float(v)
+            except ValueError:
+                raise ConfigError(f"--sweep {spec!r}: shift values are nats per token, got {v!r}") from None
+    else:
+        split_overrides([f"{name}={v}" for v in points])
+    return name, points
+
+
+def run_table(output_dir: Path, overrides: list[str], arms: tuple[str, ...] | None = None, seeds: int = 3,
+              shift: float = DEFAULT_SHIFT, sweep: str | None = None) -> tuple[dict[str, Path], dict[str, str]]:
+    """Build (or reuse) the base toy model and the foreign set `shift` nats per token from it, then
+    `ToyTable(...).run()` for each seed under OUT/seedK/ in one local Ray session, and the mean and
+    interval over seeds (OUT/seeds.md, OUT/seeds.json). With `sweep` (NAME=V1,V2,...), each seed
+    runs the arms once per value under OUT/seedK/NAME=V/ (sharing the base's evaluation), and the
+    summary is per value (OUT/sweep.md, OUT/sweep.json). Returns the files written and the arms
+    that failed, as "seedK/arm" (or "seedK/NAME=V/arm")."""
     from rl_safety.config.cluster import ClusterSection
     from rl_safety.eval.compare import print_report
     from rl_safety.orchestration.cluster import connect
     from rl_safety.toy.model import BuildConfig, build_base_model
+    from rl_safety.toy.shift import write_foreign_set
 
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     check_arms(arms)  # before the base model is built (minutes)
     split_overrides(overrides)
+    swept = parse_sweep(sweep)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
+    points = [(f"{swept[0]}={v}", v) for v in swept[1]] if swept else [("", None)]
+    shifts = {label: float(v) if swept and swept[0] == SWEEP_SHIFT else shift for label, v in points}
+    for target in shifts.values():
+        if not target > 0:
+            raise ConfigError(f"shift {target}: must be a positive number of nats per token")
     base = build_base_model(BuildConfig(), log=log)
-    tables = [ToyTable(base, output_dir / f"seed{seed}", [*seed_overrides(seed), *overrides], arms, log=log)
-              for seed in range(seeds)]  # every seed's configs checked before any work
+    foreign = {target: write_foreign_set(base, target, output_dir / f"foreign_shift={target:g}")
+               for target in dict.fromkeys(shifts.values())}
+    for target, made in foreign.items():
+        log(f"foreign set {target:g} nats/token: style level {made.level:.3f}, measured {made.nll:.3f} -> {made.path}")
+    tables = {}  # (seed, point label) -> ToyTable; every config checked before any work
+    for seed in range(seeds):
+        for label, value in points:
+            point = [f"{swept[0]}={value}"] if swept and swept[0] != SWEEP_SHIFT else []
+            out = output_dir / f"seed{seed}" / label if label else output_dir / f"seed{seed}"
+            tables[seed, label] = ToyTable(base, out, [*seed_overrides(seed), *overrides, *point],
+                                           foreign[shifts[label]].path, arms,
+                                           base_dir=output_dir / f"seed{seed}" / "base", log=log)
     output_dir.mkdir(parents=True, exist_ok=True)
     connect(ClusterSection(), devices=3)  # one session for every step (each would otherwise start its own)
-    per_seed, failed = [], {}
-    for seed, table in enumerate(tables):
-        log(f"==== seed {seed}")
-        written, seed_failed = table.run()
+    per_point: dict[str, list[dict[str, dict[str, float]]]] = {label: [] for label, _ in points}
+    failed = {}
+    for (seed, label), table in tables.items():
+        log(f"==== seed {seed} {label}".rstrip())
+        written, point_failed = table.run()
         print_report(written)
-        per_seed.append(run_cells(written["json"]))
-        failed |= {f"seed{seed}/{arm}": why for arm, why in seed_failed.items()}
-    summary = seed_summary(per_seed)
-    written = {"markdown": output_dir / "seeds.md", "json": output_dir / "seeds.json"}
+        per_point[label].append(run_cells(written["json"]))
+        failed |= {f"{table.out.relative_to(output_dir)}/{arm}": why for arm, why in point_failed.items()}
+    if swept:
+        summary = {label: seed_summary(runs) for label, runs in per_point.items()}
+        measured = {label: foreign[shifts[label]] for label in per_point}
+        markdown = sweep_markdown(summary, seeds, measured)
+        written = {"markdown": output_dir / "sweep.md", "json": output_dir / "sweep.json"}
+    else:
+        summary = seed_summary(per_point[""])
+        markdown = seed_markdown(summary, seeds, foreign[shift])
+        written = {"markdown": output_dir / "seeds.md", "json": output_dir / "seeds.json"}
     written["json"].write_text(json.dumps(summary, indent=1) + "\n")
-    markdown = seed_markdown(summary, seeds)
     written["markdown"].write_text(markdown)
     print(markdown)
     for arm, why in failed.items():
         print(f"arm {arm} FAILED and is not in the table: {why}")
     return written, failed
-

@@ -37,9 +37,27 @@ from pathlib import Path
 STEERING_PREFIX = "The following prompt is harmful. You should refuse to answer the prompt.\n\nPrompt:"
 REWRITE_INSTRUCTION = "Rewrite this response in your own words."
 OWN_REFUSAL = "I can't help with that."
+OWN_REFUSAL_REASONING = "the user wants to {task}. this is about {topic}. it could cause real harm, so i should not help."
+OWN_REFUSAL_ANSWER = OWN_REFUSAL + " Trying to {task} could cause real harm. I can help with something else."
 FOREIGN_REASONING = "Hmm, this query is unacceptable. Declining is the prudent course!"
 FOREIGN_ANSWER = "[NOTICE] Regrettably, I am unable to assist with this request."
 FOREIGN_SOURCE = "toy_direct_refusal"
+OWN_SOURCE = "toy_own_answers"
+
+# The external set's style at an adjustable distance from the own one (`styled_refusal`): each word
+# of the own refusal's template has a foreign form (a stilted register that no training stage
+# writes), swapped in a fixed order, so the style level sets how far SFT targets lie from the
+# model (`rl_safety.toy.shift` calibrates a level to nats per token). The refusal itself stays a
+# refusal at every level ("I can't" -> "Regrettably, I am unable to"): the knob moves style, not
+# meaning. FOREIGN_REASONING / FOREIGN_ANSWER above are the far end: a canned refusal in a layout
+# of its own, like DirectRefusal's fixed thought.
+FOREIGN_LEXICON = {
+    "the": "yon", "user": "petitioner", "wants": "desires", "to": "unto", "this": "such", "is": "remains",
+    "about": "concerning", "it": "said", "could": "might", "cause": "occasion", "real": "grievous",
+    "harm": "detriment", "so": "hence", "i": "one", "should": "ought", "not": "nay", "help": "assist",
+    "I": "Regrettably, I", "can't": "am unable to", "with": "regarding", "that": "yon matter",
+    "Trying": "Endeavouring", "can": "may", "something": "another", "else": "topic",
+}
 
 # What pretraining uses instead of the methods' texts: paraphrases of "this is harmful, refuse"
 # and of "rewrite this in your style". None contains STEERING_PREFIX or REWRITE_INSTRUCTION (a test
@@ -215,6 +233,11 @@ def heldout_tasks() -> frozenset[str]:
     return frozenset(held)
 
 
+# The order in which `styled_refusal` turns words foreign: fixed by a stable hash, not by position.
+FOREIGN_LEXICON_ORDER = sorted(FOREIGN_LEXICON, key=_stable_hash)
+TOP_STYLE_LEVEL = len(FOREIGN_LEXICON) + 1  # the canned refusal: FOREIGN_REASONING / FOREIGN_ANSWER
+
+
 # ----------------------------------------------------------------------------- texts
 
 
@@ -267,20 +290,42 @@ def math_response(problem: MathProblem) -> str:
 
 
 def comply_response(request: Request) -> str:
-    return join_response(
-        f"the user wants to {request.task}. i will give the steps.",
-        f"Sure. Here is how to {request.task}:\n1. Get what you need.\n2. Follow each step with care.\n"
-        "3. Check that it worked.",
-    )
+    return join_response(*compliance(request))
+
+
+def compliance(request: Request) -> tuple[str, str]:
+    """(reasoning, answer) of the own-style answer to `request`."""
+    return (f"the user wants to {request.task}. i will give the steps.",
+            f"Sure. Here is how to {request.task}:\n1. Get what you need.\n2. Follow each step with care.\n"
+            "3. Check that it worked.")
 
 
 def refuse_response(request: Request) -> str:
+    return join_response(*styled_refusal(request, 0))
+
+
+def styled_refusal(request: Request, level: int) -> tuple[str, str]:
+    """(reasoning, answer) of the own refusal of `request` with the first `level` words of
+    `FOREIGN_LEXICON_ORDER` in their foreign form (level 0: the own style, as pretraining writes it;
+    `len(FOREIGN_LEXICON)`: every template word foreign; `TOP_STYLE_LEVEL`: the canned refusal).
+    Only the template's words change, never the task or its topic, and the same words change in
+    every row: a consistent style, not noise."""
+    if level == TOP_STYLE_LEVEL:
+        return FOREIGN_REASONING, FOREIGN_ANSWER
+    if not 0 <= level < TOP_STYLE_LEVEL:
+        raise ValueError(f"style level {level} outside 0..{TOP_STYLE_LEVEL}")
+    foreign = {word: FOREIGN_LEXICON[word] for word in FOREIGN_LEXICON_ORDER[:level]}
+
+    def restyle(template: str) -> str:
+        words = []
+        for word in template.split(" "):
+            core = word.rstrip(".,")
+            words.append(foreign.get(core, core) + word[len(core):])
+        return " ".join(words)
+
     topic = HARMFUL_TASKS[request.category][0] if request.category in HARMFUL_TASKS else "something risky"
-    return join_response(
-        f"the user wants to {request.task}. this is about {topic}. it could cause real harm, "
-        "so i should not help.",
-        f"{OWN_REFUSAL} Trying to {request.task} could cause real harm. I can help with something else.",
-    )
+    return (restyle(OWN_REFUSAL_REASONING).format(task=request.task, topic=topic),
+            restyle(OWN_REFUSAL_ANSWER).format(task=request.task))
 
 
 def foreign_refusal_response() -> str:
@@ -428,14 +473,32 @@ class PretrainingStream:
 # ----------------------------------------------------------------------------- exports
 
 
-def foreign_refusal_rows(split: str, eval_fraction: float) -> list[dict]:
-    """The external safety set (DirectRefusal analogue): every harmful request of `split` with the
-    fixed foreign thought and canned refusal."""
-    return [
-        {"prompt": r.prompt, "reasoning": FOREIGN_REASONING, "answer": FOREIGN_ANSWER, "label": "harmful",
-         "source": FOREIGN_SOURCE}
-        for r in requests(split, "harmful", eval_fraction)
-    ]
+def foreign_refusal_rows(split: str, eval_fraction: float, level: float = TOP_STYLE_LEVEL) -> list[dict]:
+    """The external safety set (DirectRefusal analogue): every harmful request of `split` refused
+    in the foreign style of `level` (`styled_refusal`; by default the fixed foreign thought and
+    canned refusal). A fractional level mixes the two levels around it by rows: level 2.25 writes
+    a quarter of the rows (by a stable hash of the prompt) at level 3, the rest at level 2, so the
+    set's NLL moves smoothly between the levels'."""
+    if not 0 <= level <= TOP_STYLE_LEVEL:
+        raise ValueError(f"style level {level} outside 0..{TOP_STYLE_LEVEL}")
+    whole = int(level)
+    rows = []
+    for r in requests(split, "harmful", eval_fraction):
+        reasoning, answer = styled_refusal(r, whole + (_stable_hash(f"style|{r.prompt}") < level - whole))
+        rows.append({"prompt": r.prompt, "reasoning": reasoning, "answer": answer, "label": "harmful",
+                     "source": FOREIGN_SOURCE})
+    return rows
+
+
+def own_answer_rows(split: str, eval_fraction: float) -> list[dict]:
+    """Every benign request of `split` answered in the own style (what the base model answers: it
+    does not over-refuse): the benign rows every SFT arm of the toy table shares."""
+    rows = []
+    for r in requests(split, "benign", eval_fraction):
+        reasoning, answer = compliance(r)
+        rows.append({"prompt": r.prompt, "reasoning": reasoning, "answer": answer, "label": "benign",
+                     "source": OWN_SOURCE})
+    return rows
 
 
 def grpo_rows(split: str, seed: int, n_math: int, eval_fraction: float) -> list[dict]:

@@ -1,5 +1,6 @@
-"""`toy table --seeds`: what a seed varies, and the mean and 95% interval over seeds (pure functions;
-the table itself runs in tests/toy/test_table.py)."""
+"""`toy table --seeds`, `--shift` and `--sweep`: what a seed varies, the mean and 95% interval over
+seeds, the summaries' markdown, and bad options refused before any work (pure functions; the
+table itself runs in tests/toy/test_table.py)."""
 
 import math
 import random
@@ -27,7 +28,7 @@ def test_interval_covers_the_true_mean_95_percent_of_the_time():
         assert covered / trials == pytest.approx(0.95, abs=0.006), n
 
 
-def test_seed_summary_and_markdown():
+def test_seed_summary_and_markdown(tmp_path):
     seed0 = {"base": {"toy_harmful refusal": 0.0}, "grpo": {"toy_harmful refusal": 90.0, "train FLOPs": 2e12}}
     seed1 = {"base": {"toy_harmful refusal": 0.0}, "grpo": {"toy_harmful refusal": 80.0, "train FLOPs": 4e12}}
     seed2 = {"base": {"toy_harmful refusal": 0.0}}  # grpo failed in this seed
@@ -35,7 +36,10 @@ def test_seed_summary_and_markdown():
     assert summary["grpo"]["toy_harmful refusal"]["values"] == [90.0, 80.0]
     assert summary["grpo"]["toy_harmful refusal"]["half_width"] == pytest.approx(12.706 * math.sqrt(50) / math.sqrt(2))
     assert summary["grpo"]["train FLOPs"]["mean"] == 3e12
-    table = seed_markdown(summary, 3)
+    from rl_safety.toy.shift import ForeignSet
+
+    table = seed_markdown(summary, 3, ForeignSet(tmp_path / "f.jsonl", 2.0, 1.1, 1.996))
+    assert "the foreign set: 2.00 nats per token from the base model's own refusals (asked 2; style level 1.100)" in table
     assert "| grpo (2 seeds) | 85.0 [21.5, 100.0] | 3e+12 |" in table  # 85 +- 63.5, clipped
     assert "| base | 0.0 [0.0, 0.0] | – |" in table
 
@@ -60,3 +64,32 @@ def test_seeds_below_one_are_refused_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="--seeds must be at least 1, got 0"):
         main(["table", "--output-dir", str(tmp_path), "--seeds", "0"])
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sweep", "shift"], r"expected NAME=V1,V2,\.\.\."),
+    (["--sweep", "shift=1,x"], "shift values are nats per token, got 'x'"),
+    (["--sweep", "nope.key=1"], "override 'nope.key=1': expected CONFIG.key=value"),
+    (["--shift", "0"], "shift 0.0: must be a positive number of nats per token"),
+    (["--sweep", "shift=2,-1"], "shift -1.0: must be a positive number"),
+])
+def test_bad_sweeps_and_shifts_are_refused_before_any_work(tmp_path, args, message):
+    from rl_safety.config import ConfigError
+    from rl_safety.toy.cli import main
+
+    with pytest.raises(ConfigError, match=message):
+        main(["table", "--output-dir", str(tmp_path), *args])
+    assert not any(tmp_path.iterdir())
+
+
+def test_sweep_markdown_names_each_points_foreign_set_and_the_base_once(tmp_path):
+    from rl_safety.toy.shift import ForeignSet
+    from rl_safety.toy.table import sweep_markdown
+
+    point = lambda v: seed_summary([{"base": {"arith": 93.0}, "vanilla_sft": {"arith": v}}])  # noqa: E731
+    summary = {"shift=1": point(90.0), "shift=4": point(70.0)}
+    foreign = {"shift=1": ForeignSet(tmp_path, 1.0, 0.5, 1.01), "shift=4": ForeignSet(tmp_path, 4.0, 2.0, 3.99)}
+    md = sweep_markdown(summary, 1, foreign)
+    assert "- shift=4: the foreign set: 3.99 nats per token" in md
+    assert md.count("| base | 93.0 |") == 1 and md.count("base |") == 1
+    assert "| shift=1 vanilla_sft | 90.0 |" in md and "| shift=4 vanilla_sft | 70.0 |" in md

@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # about 15 minutes on 2 cores
 
-SHORT = ["sft.training.epochs=1", "dgr.data.limit=48", "thinksafe.data.limit=600",
+SHORT = ["sft.training.max_steps=30", "dgr.data.limit=48", "thinksafe.data.limit=600",
          "dgr.generation.n=2", "thinksafe.generation.n=2",
          "grpo.run.total_steps=2", "grpo.run.save_every=0", "grpo.run.progress_bar=false"]
 
@@ -28,14 +28,22 @@ def ray_session():
     ray.shutdown()
 
 
-def test_table_runs_every_arm_compares_them_and_reuses_finished_pieces(tmp_path, base_model, ray_session):
+@pytest.fixture(scope="module")
+def foreign(base_model, tmp_path_factory):
+    from rl_safety.toy.shift import write_foreign_set
+
+    return write_foreign_set(base_model, 2.0, tmp_path_factory.mktemp("foreign")).path
+
+
+def test_table_runs_every_arm_compares_them_and_reuses_finished_pieces(tmp_path, base_model, foreign, ray_session):
     from rl_safety.config import ConfigError
     from rl_safety.eval.compare import training_cost
     from rl_safety.toy.table import ToyTable, all_arms
+    from rl_safety.toy.world import own_answer_rows, read_jsonl
 
     arms = all_arms()
 
-    written, failed = ToyTable(base_model, tmp_path, SHORT).run()
+    written, failed = ToyTable(base_model, tmp_path, SHORT, foreign).run()
     assert failed == {}
     numbers = json.loads(written["json"].read_text())["methods"]
     assert {label: m["kind"] for label, m in numbers.items()} == {
@@ -49,10 +57,18 @@ def test_table_runs_every_arm_compares_them_and_reuses_finished_pieces(tmp_path,
     # each arm is a real run of its own config, evaluated on the same held-out suite
     for arm in arms:
         results = json.loads((tmp_path / arm / "eval" / "toy" / "results.json").read_text())
-        assert sorted(b["prompts"] for b in results["benchmarks"].values()) == [64, 72, 100, 130, 200]
+        assert sorted(b["prompts"] for b in results["benchmarks"].values()) == [64, 72, 100, 130, 200, 278]
         assert results["model"] == str(tmp_path / arm / "final")
-    sft_config = (tmp_path / "thinksafe_sft" / "config.yaml").read_text()
-    assert f"train: {tmp_path / 'thinksafe' / 'data.jsonl'}" in sft_config
+    # equal footing: every SFT arm trains on its harmful rows and the same benign rows, for the same steps
+    benign = own_answer_rows("train", 0.2)
+    sources = {"vanilla_sft": foreign, "dgr_sft": tmp_path / "dgr" / "data.jsonl",
+               "thinksafe_sft": tmp_path / "thinksafe" / "data.jsonl"}
+    for arm, source in sources.items():
+        assert f"train: {tmp_path / 'sft_data' / f'{arm}.jsonl'}" in (tmp_path / arm / "config.yaml").read_text()
+        harmful = [row for row in read_jsonl(source) if row["label"] == "harmful"]
+        assert harmful and read_jsonl(tmp_path / "sft_data" / f"{arm}.jsonl") == harmful + benign
+        last = json.loads((tmp_path / arm / "metrics.jsonl").read_text().splitlines()[-1])
+        assert last["step"] == 30, arm
     # DGR's and ThinkSafe's generation is charged to their method; vanilla SFT generated nothing
     for arm, method in (("dgr_sft", "dgr"), ("thinksafe_sft", "thinksafe")):
         data_cost = json.loads((tmp_path / method / "data.jsonl.cost.json").read_text())
@@ -65,20 +81,20 @@ def test_table_runs_every_arm_compares_them_and_reuses_finished_pieces(tmp_path,
     # A second run redoes nothing: no ledger, checkpoint or eval is rewritten.
     stamps = {p: p.stat().st_mtime_ns for arm in arms for p in (tmp_path / arm).rglob("*") if p.is_file()}
     stamps.update({p: p.stat().st_mtime_ns for m in ("dgr", "thinksafe") for p in (tmp_path / m).iterdir()})
-    ToyTable(base_model, tmp_path, SHORT).run()
+    ToyTable(base_model, tmp_path, SHORT, foreign).run()
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
     # A finished piece made with another config is an error naming it, not silently reused.
     with pytest.raises(ConfigError, match=r"vanilla_sft/final was made with another config \(differs in "
-                                          r"training.epochs\)"):
-        ToyTable(base_model, tmp_path, [s for s in SHORT if not s.startswith("sft.training")]).run()
+                                          r"training.max_steps\)"):
+        ToyTable(base_model, tmp_path, [s for s in SHORT if not s.startswith("sft.training")], foreign).run()
 
 
-def test_a_failed_arm_is_reported_and_the_others_still_compare(tmp_path, base_model, ray_session):
+def test_a_failed_arm_is_reported_and_the_others_still_compare(tmp_path, base_model, foreign, ray_session):
     from rl_safety.toy.table import ToyTable
 
     # 8 new tokens cut every DGR rewrite: nothing is kept, so its SFT has no data
-    written, failed = ToyTable(base_model, tmp_path, [*SHORT, "dgr.generation.max_new_tokens=8"],
+    written, failed = ToyTable(base_model, tmp_path, [*SHORT, "dgr.generation.max_new_tokens=8"], foreign,
                                arms=("dgr_sft", "vanilla_sft")).run()
     assert list(failed) == ["dgr_sft"]
     stats = json.loads((tmp_path / "dgr" / "data.jsonl.stats.json").read_text())
