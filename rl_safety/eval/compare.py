@@ -147,8 +147,11 @@ class Method:
 
 
 def _aggregate(benchmarks: dict[str, Any], kind: str, metric: str) -> Aggregate:
+    """The mean over the `kind` benchmarks out of sample (an `in_sample` benchmark holds prompts the
+    runs trained on: it is reported on its own, never averaged into a headline)."""
     parts = [Aggregate(m["value"], m["ci_low"], m["ci_high"]) for bench in benchmarks.values()
-             if bench["kind"] == kind and (m := bench["metrics"].get(metric)) and m["value"] is not None]
+             if bench["kind"] == kind and not bench.get("in_sample")
+             and (m := bench["metrics"].get(metric)) and m["value"] is not None]
     if len(parts) <= 1:
         return parts[0] if parts else Aggregate(None)
     k = len(parts)

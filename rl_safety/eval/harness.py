@@ -153,8 +153,8 @@ def _score(bench: Benchmark, source: str, kept: list[EvalPrompt], examples: list
         }) + "\n")
     tokens = [len(c.token_ids) for group in groups for c in group]
     return {
-        "kind": bench.kind, "data": source, "config": bench.config, "split": bench.split, "layout": bench.layout,
-        "scorers": bench.scorers, "judges": scorers.judges_of(bench, suite), "sampling": bench.sampling.model_dump(),
+        "kind": bench.kind, "in_sample": bench.in_sample, "data": source, "config": bench.config, "split": bench.split,
+        "layout": bench.layout, "scorers": bench.scorers, "judges": scorers.judges_of(bench, suite), "sampling": bench.sampling.model_dump(),
         "prompts": len(kept), "dropped_long_prompts": dropped,
         "mean_response_tokens": sum(tokens) / len(tokens),
         "metrics": {scorers.metric_names()[name]: scorers.summarize(values) for name, values in per_prompt.items()},

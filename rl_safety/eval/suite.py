@@ -84,6 +84,8 @@ class Benchmark(Section):
     prompt_template: str | None = Field(None, description="'{prompt}' is replaced by the row's prompt")
     scorers: list[str] = Field(description="names registered in rl_safety.eval.scorers (or a suite's scorer_modules)")
     sampling: Sampling = Field(default_factory=Sampling)
+    in_sample: bool = Field(False, description="prompts the compared runs train on (how well they fit their data): "
+                                               "reported per benchmark, left out of compare's aggregates")
 
     @model_validator(mode="after")
     def _check(self) -> "Benchmark":

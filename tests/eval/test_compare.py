@@ -83,6 +83,21 @@ def test_aggregates_tax_and_stage_costs(tmp_path):
     assert all("[" in cells[i] for i in (2, 5, 7, 8, 9, 10, 11))
 
 
+def test_an_in_sample_benchmark_stays_out_of_the_aggregates(tmp_path):
+    """Refusal on the prompts a run trained on is reported per benchmark, never averaged into the
+    headline safety number: with it, the headline would mix training fit into held-out safety."""
+    run = write_run(tmp_path, "sft", 0.4, 0.9, [0.5])
+    results_file = run / "eval" / "s" / "results.json"
+    results = json.loads(results_file.read_text())
+    results["benchmarks"]["harm_trained"] = {"kind": "harmful", "in_sample": True, "prompts": 10, "sampling": {"n": 1},
+                                             "metrics": {"refusal_rate": metric(1.0, 0.9, 1.0)}}
+    results_file.write_text(json.dumps(results))
+    assert load_method(run, "s").metrics["safety_refusal"].value == pytest.approx(0.4)
+    results["benchmarks"]["harm_trained"]["in_sample"] = False
+    results_file.write_text(json.dumps(results))
+    assert load_method(run, "s").metrics["safety_refusal"].value == pytest.approx(0.7)
+
+
 def test_delta_interval_combines_both_margins():
     from rl_safety.eval.compare import Aggregate, delta
 
