@@ -166,12 +166,19 @@ class ToyTable:
         """The arm's harmful rows and the benign rows every SFT arm shares (`world.own_answer_rows`:
         the base model's own answers to the training split's benign prompts), so the arms differ in
         their safety data only. A method's own benign rows (ThinkSafe samples answers to the benign
-        prompts) are replaced by the shared ones."""
+        prompts) are replaced by the shared ones. The cost of generating the rows goes with them,
+        so the SFT run charges it to the method."""
+        import shutil
+
+        from rl_safety.refine.generate import data_cost_path
         from rl_safety.toy.world import own_answer_rows, read_jsonl, write_jsonl
 
-        harmful = [row for row in read_jsonl(self.safety_rows[arm]) if row["label"] == "harmful"]
+        source = self.safety_rows[arm]
+        harmful = [row for row in read_jsonl(source) if row["label"] == "harmful"]
         eval_fraction = json.loads((self.base / "data" / "world.json").read_text())["eval_fraction"]
         write_jsonl(path, harmful + own_answer_rows("train", eval_fraction))
+        if data_cost_path(source).exists():
+            shutil.copyfile(data_cost_path(source), data_cost_path(path))
 
     def generate(self, method: str) -> Path:
         from rl_safety.refine.generate import data_cost_path
@@ -223,7 +230,10 @@ def mean_interval(values: list[float]) -> tuple[float, float | None]:
 
 def run_cells(comparison_json: Path) -> dict[str, dict[str, float]]:
     """{method: {cell: value}} of one seed's comparison: each benchmark's refusal rate (harmful,
-    benign) or accuracy (reasoning), in %, and the training cost."""
+    benign) or accuracy (reasoning), in %, and the training cost (estimated FLOPs, device-hours,
+    tokens trained on and generated, a DGR / ThinkSafe arm's data generation included)."""
+    from rl_safety.eval.compare import training_cost
+
     methods = json.loads(comparison_json.read_text())["methods"]
     cells: dict[str, dict[str, float]] = {}
     for label, m in methods.items():
@@ -234,6 +244,9 @@ def run_cells(comparison_json: Path) -> dict[str, dict[str, float]]:
             row[f"{name} {metric.removesuffix('_rate')}"] = 100 * bench["metrics"][metric]["value"]
         row["train FLOPs"] = m["training_flops_estimate"] or 0.0
         row["train device-h"] = m["training_device_hours"] or 0.0
+        tokens = (training_cost(Path(m["run_dir"])) or {"tokens": {}})["tokens"]
+        row["tokens trained"] = float(tokens.get("trained", 0))
+        row["tokens generated"] = float(tokens.get("generated", 0))
         cells[label] = row
     return cells
 
@@ -252,7 +265,7 @@ def seed_summary(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[
 
 
 def _cell(cell: str, s: dict[str, Any]) -> str:
-    if cell == "train FLOPs":
+    if cell in ("train FLOPs", "tokens trained", "tokens generated"):
         return f"{s['mean']:.3g}"
     if cell == "train device-h":
         return f"{s['mean']:.4f}"
