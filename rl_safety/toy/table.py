@@ -175,6 +175,8 @@ class ToyTable:
 
         source = self.safety_rows[arm]
         harmful = [row for row in read_jsonl(source) if row["label"] == "harmful"]
+        if not harmful:  # the shared benign rows alone would train an arm that is no method at all
+            raise RuntimeError(f"{arm}: {source} has no harmful rows to train on")
         eval_fraction = json.loads((self.base / "data" / "world.json").read_text())["eval_fraction"]
         write_jsonl(path, harmful + own_answer_rows("train", eval_fraction))
         if data_cost_path(source).exists():

@@ -93,10 +93,10 @@ def test_table_runs_every_arm_compares_them_and_reuses_finished_pieces(tmp_path,
 def test_a_failed_arm_is_reported_and_the_others_still_compare(tmp_path, base_model, foreign, ray_session):
     from rl_safety.toy.table import ToyTable
 
-    # 8 new tokens cut every DGR rewrite: nothing is kept, so its SFT has no data
+    # 8 new tokens cut every DGR rewrite: nothing is kept, so its SFT has no harmful rows
     written, failed = ToyTable(base_model, tmp_path, [*SHORT, "dgr.generation.max_new_tokens=8"], foreign,
                                arms=("dgr_sft", "vanilla_sft")).run()
-    assert list(failed) == ["dgr_sft"]
+    assert list(failed) == ["dgr_sft"] and "dgr/data.jsonl has no harmful rows to train on" in failed["dgr_sft"]
     stats = json.loads((tmp_path / "dgr" / "data.jsonl.stats.json").read_text())
     assert stats["kept"] == 0 and stats["truncated"] == 48 * 2
     assert json.loads((tmp_path / "failed_arms.json").read_text()) == failed
