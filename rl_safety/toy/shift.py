@@ -70,15 +70,19 @@ def calibrate(meter, target: float, curve: list[float], iterations: int = 12) ->
     return best
 
 
+def check_shift(target: float) -> None:
+    from rl_safety.config.loader import ConfigError
+
+    if not target > 0:
+        raise ConfigError(f"shift {target}: must be a positive number of nats per token")
+
+
 def write_foreign_set(base: Path, target: float, out_dir: Path) -> ForeignSet:
     """`out_dir/foreign_refusal_train.jsonl` at the style level whose NLL is nearest `target` nats
     per token (and `foreign.json`: what was asked, the NLL of the whole levels measured, what was
     written);
     reused when already written for `base` and `target`."""
-    from rl_safety.config.loader import ConfigError
-
-    if not target > 0:
-        raise ConfigError(f"shift target {target}: must be a positive number of nats per token")
+    check_shift(target)
     meta = out_dir / "foreign.json"
     if meta.exists():
         done = json.loads(meta.read_text())

@@ -50,6 +50,8 @@ from rl_safety.toy.grpo_arm import (GRPO_CONFIG, finished_with_same_config, resu
 TOY_CONFIGS = Path(__file__).parent / "configs"
 SUITE = "toy"
 FOREIGN_SET = "foreign_refusal_train.jsonl"  # the base's export a method's toy_source names for the foreign set
+DEFAULT_SHIFT = 2.0  # nats per token from the base model's own refusals: a realistic gap (rl_safety.toy.shift)
+SWEEP_SHIFT = "shift"  # --sweep shift=...: the foreign set's distance, not a config key
 
 
 def toy_methods() -> dict[str, Any]:
@@ -99,7 +101,6 @@ class ToyTable:
         self.methods = toy_methods()
         self.grouped = split_overrides(overrides)
         data = base / "data"
-        self.foreign = foreign
         sources = {path.name: path for path in data.glob("*.jsonl")} | {FOREIGN_SET: foreign}
         self.safety_rows = {"vanilla_sft": foreign, **{f"{name}_sft": output_dir / name / "data.jsonl"
                                                        for name in self.methods}}
@@ -322,10 +323,6 @@ def sweep_markdown(summary: dict[str, dict[str, dict[str, dict[str, Any]]]], see
     return "\n".join(lines) + "\n"
 
 
-DEFAULT_SHIFT = 2.0  # nats per token from the base model's own refusals: a realistic gap (rl_safety.toy.shift)
-SWEEP_SHIFT = "shift"  # --sweep shift=...: the foreign set's distance, not a config key
-
-
 def parse_sweep(spec: str | None) -> tuple[str, list[str]] | None:
     """`--sweep NAME=V1,V2,...` -> (NAME, values): NAME is `shift` (nats per token) or a
     CONFIG.key override (e.g. sft.learner.learning_rate); checked before any work."""
@@ -358,7 +355,7 @@ def run_table(output_dir: Path, overrides: list[str], arms: tuple[str, ...] | No
     from rl_safety.eval.compare import print_report
     from rl_safety.orchestration.cluster import connect
     from rl_safety.toy.model import BuildConfig, build_base_model
-    from rl_safety.toy.shift import write_foreign_set
+    from rl_safety.toy.shift import check_shift, write_foreign_set
 
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
@@ -369,8 +366,7 @@ def run_table(output_dir: Path, overrides: list[str], arms: tuple[str, ...] | No
     points = [(f"{swept[0]}={v}", v) for v in swept[1]] if swept else [("", None)]
     shifts = {label: float(v) if swept and swept[0] == SWEEP_SHIFT else shift for label, v in points}
     for target in shifts.values():
-        if not target > 0:
-            raise ConfigError(f"shift {target}: must be a positive number of nats per token")
+        check_shift(target)
     base = build_base_model(BuildConfig(), log=log)
     foreign = {target: write_foreign_set(base, target, output_dir / f"foreign_shift={target:g}")
                for target in dict.fromkeys(shifts.values())}
