@@ -2,12 +2,13 @@
 
 The distance is `rl-safety shift`'s measure (`rl_safety.eval.shift.measure_shift`): the base
 model's mean NLL per response token (thought and answer) of the set, the loss SFT starts from.
-Each style level of `world.styled_refusal` (0: the model's own refusal, up to
-`world.TOP_STYLE_LEVEL`: the canned refusal) is measured on the training split, and the level
+Whole style levels of `world.styled_refusal` (0: the model's own refusal, up to
+`world.TOP_STYLE_LEVEL`: the canned refusal) are measured on the training split until one reaches
+the target, then the fractional level between the last two is bisected, and the set at the level
 nearest the target is written. The real gap this stands for is a few nats per token (an R1 model
 on DirectRefusal-style traces), so the toy table defaults to 2.
 
-    rl-safety toy shift [--target NATS] [--model BASE]     the curve and the level chosen
+    rl-safety toy shift [--target NATS] [--output-dir DIR]     the curve and the level chosen
 """
 
 from __future__ import annotations

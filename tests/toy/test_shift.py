@@ -104,3 +104,17 @@ def test_the_written_set_lands_on_the_target_by_rl_safety_shift(base_model, tmp_
     # a second call reuses the set
     stamp = made.path.stat().st_mtime_ns
     assert write_foreign_set(base_model, 2.0, tmp_path) == made and made.path.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.integration
+def test_toy_shift_command_writes_the_set_and_prints_the_curve(base_model, tmp_path, capsys):
+    from rl_safety.toy.cli import main
+    from rl_safety.toy.world import read_jsonl
+
+    assert main(["shift", "--target", "4", "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "NLL per token by whole style level: 0: 0.04, 1: " in out
+    made = json.loads((tmp_path / "foreign.json").read_text())
+    assert f"wrote {tmp_path / 'foreign_refusal_train.jsonl'}: style level {made['level']:.3f}" in out
+    assert made["base"] == str(base_model) and made["nll"] == pytest.approx(4.0, abs=0.05)
+    assert len(read_jsonl(made["path"])) == 278
