@@ -169,7 +169,7 @@ class WorldConfig:
 
     eval_fraction: float = 0.2  # share of the prompt space held out for evaluation (hash bucket)
     harmful_refusal_rate: float = 0.1  # P(own refusal | unsteered harmful request) in pretraining
-    mix_math: float = 0.45
+    mix_math: float = 0.6
     mix_harmful: float = 0.15
     mix_benign: float = 0.15
     mix_steered: float = 0.1  # steering instruction + harmful request -> own refusal

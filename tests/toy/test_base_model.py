@@ -2,7 +2,7 @@
 held-out tasks), its safety knowledge is latent (steerable), and it restates foreign text in its
 own words. Pretraining steers and asks for rewrites with paraphrases only, so how far ThinkSafe's
 steering text and DGR's instruction call the behaviour up is measured, not built in (shipped
-build: 68.1% steered refusal, 100% own-style rewrites); the bounds below are what the methods
+build: 100% steered refusal, 98.6% own-style rewrites); the bounds below are what the methods
 need. The model is the one shipped with the package (or the user's cached build of the same config)."""
 
 import json
