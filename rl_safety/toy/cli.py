@@ -5,8 +5,8 @@
     toy run [--output-dir DIR] [key=value ...]        the GRPO arm end to end (GRPO config overrides)
     toy table [--output-dir DIR] [--arms A,B] [--seeds N] [--shift NATS] [--sweep NAME=V1,V2,...]
               [CONFIG.key=value ...]                  all four arms, evaluated and compared, N seeds
-                                                      (CONFIG: sft, dgr, thinksafe, grpo; NAME: shift
-                                                      or CONFIG.key)
+                                                      (CONFIG: sft, an SFT arm, dgr, thinksafe, grpo;
+                                                      NAME: shift or CONFIG.key)
     toy shift [--target NATS] [--output-dir DIR]      the foreign refusal set at NATS per token from
                                                       the base model (the curve and the level chosen)
 """
@@ -92,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("--sweep", default=None, metavar="NAME=V1,V2,...",
                        help="run the arms once per value: NAME is shift (e.g. shift=0.5,1,2,4,8) or a "
                             "CONFIG.key (e.g. sft.learner.learning_rate=1e-4,1e-3); writes OUT/sweep.md")
-    table.add_argument("overrides", nargs="*", help="CONFIG.key=value, CONFIG one of sft, dgr, thinksafe, grpo "
-                                                    "(rl_safety/toy/configs/CONFIG.yaml), e.g. grpo.run.total_steps=10")
+    table.add_argument("overrides", nargs="*",
+                       help="CONFIG.key=value, CONFIG one of sft, dgr, thinksafe, grpo (rl_safety/toy/configs/"
+                            "CONFIG.yaml) or an SFT arm (vanilla_sft, ...: that arm only, after sft's), e.g. "
+                            "grpo.run.total_steps=10")
     shift = sub.add_parser("shift", help="write the foreign refusal set at a distance from the base model")
     shift.add_argument("--target", type=float, default=DEFAULT_SHIFT, help="nats per token (default %(default)g)")
     shift.add_argument("--output-dir", type=Path, default=Path("runs/toy_foreign"), help="where the set goes")

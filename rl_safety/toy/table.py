@@ -16,15 +16,17 @@ interval over the seeds (OUT/seeds.md, OUT/seeds.json).
     OUT/grpo/                   GRPO with the verifiable safety + arithmetic rewards
     OUT/comparison/             comparison.md / .html / .json, safety_vs_reasoning.png, quality_vs_cost.png
 
-Equal footing: every SFT arm trains with rl_safety/toy/configs/sft.yaml for the same number of
-optimizer steps (`training.max_steps`) on its own harmful rows plus the same benign rows (the base
+Equal footing: every SFT arm trains with rl_safety/toy/configs/sft.yaml, at the learning rate one
+rule picks for it (`SFT_ARM_DEFAULTS`), for the same number of optimizer steps
+(`training.max_steps`) on its own harmful rows plus the same benign rows (the base
 model's own answers to the training split's benign prompts, `world.own_answer_rows`; ThinkSafe's
 sampled answers to them are replaced by these), so the arms differ in their harmful rows only:
 the foreign set (one per harmful training prompt), its DGR rewrites (one kept per prompt) or
 ThinkSafe's steered refusals (one per prompt where the steered model refused at least once).
 Each registered safety-data method (rl_safety.refine.methods: DGR, ThinkSafe, ...) generates with
 its toy config and is an arm `NAME_sft`; GRPO trains with rl_safety/toy/configs/grpo.yaml on the
-same training prompts; each with `CONFIG.key=value` overrides (sft., dgr., thinksafe., grpo.).
+same training prompts; each with `CONFIG.key=value` overrides (sft., an SFT arm's own such as
+vanilla_sft., dgr., thinksafe., grpo.).
 Every run writes its cost ledger, and a DGR / ThinkSafe arm's cost includes generating its data.
 
 `--sweep NAME=V1,V2,...` runs the arms once per value (and per seed) under OUT/seedK/NAME=V/,
@@ -52,6 +54,11 @@ SUITE = "toy"
 FOREIGN_SET = "foreign_refusal_train.jsonl"  # the base's export a method's toy_source names for the foreign set
 DEFAULT_SHIFT = 2.0  # nats per token from the base model's own refusals: a realistic gap (rl_safety.toy.shift)
 SWEEP_SHIFT = "shift"  # --sweep shift=...: the foreign set's distance, not a config key
+# Each SFT arm's learning rate by one rule on training data: the lowest rate of the README's sweep at
+# which the arm refuses >= 95% of its own training prompts (toy_harmful_trained) in its 150 steps, so
+# it has learned its data before its reasoning cost is read. sft.yaml's 1e-3 is DGR's and
+# ThinkSafe's (100% there); vanilla SFT learns 90% of its data at 1e-3 and needs 2e-3.
+SFT_ARM_DEFAULTS = {"vanilla_sft": ["learner.learning_rate=2e-3"]}
 
 
 def toy_methods() -> dict[str, Any]:
@@ -65,15 +72,30 @@ def all_arms() -> tuple[str, ...]:
     return ("vanilla_sft", *(f"{name}_sft" for name in toy_methods()), "grpo")
 
 
+def sft_arms() -> tuple[str, ...]:
+    return tuple(arm for arm in all_arms() if arm != "grpo")
+
+
 def split_overrides(pairs: list[str]) -> dict[str, list[str]]:
-    """`CONFIG.key=value` overrides grouped by CONFIG (the prefix is dropped)."""
-    grouped: dict[str, list[str]] = {prefix: [] for prefix in ("sft", *toy_methods(), "grpo")}
+    """`CONFIG.key=value` overrides grouped by CONFIG (the prefix is dropped): `sft` (every SFT
+    arm), an SFT arm's own name (`vanilla_sft`, ...: after `sft`'s), a method's generation, `grpo`."""
+    grouped: dict[str, list[str]] = {prefix: [] for prefix in ("sft", *sft_arms(), *toy_methods(), "grpo")}
     for pair in pairs:
         prefix, _, rest = pair.partition(".")
         if prefix not in grouped or "=" not in rest:
             raise ConfigError(f"override {pair!r}: expected CONFIG.key=value with CONFIG one of {list(grouped)}")
         grouped[prefix].append(rest)
     return grouped
+
+
+def layered(*layers: list[str]) -> list[str]:
+    """key=value overrides where a later layer's key replaces an earlier layer's (the config loader
+    refuses a key set twice, which within one layer is a user's mistake)."""
+    out: list[str] = []
+    for layer in layers:
+        keys = {item.partition("=")[0] for item in layer}
+        out = [item for item in out if item.partition("=")[0] not in keys] + layer
+    return out
 
 
 def check_arms(arms: tuple[str, ...] | None) -> None:
@@ -108,7 +130,8 @@ class ToyTable:
         def sft_config(arm: str):
             return load_config(SFTConfig, TOY_CONFIGS / "sft.yaml", [
                 f"model.path={base}", f"data.train={output_dir / 'sft_data' / f'{arm}.jsonl'}",
-                f"run.output_dir={output_dir}", f"run.name={arm}", *self.grouped["sft"]])
+                f"run.output_dir={output_dir}", f"run.name={arm}",
+                *layered(SFT_ARM_DEFAULTS.get(arm, []), self.grouped["sft"], self.grouped[arm])])
 
         self.sft = {arm: sft_config(arm) for arm in self.safety_rows}
         self.generation = {

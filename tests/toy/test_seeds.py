@@ -57,6 +57,20 @@ def test_seed_overrides_are_keys_of_every_arms_config():
             assert load_config(method.config, method.toy_config, grouped[name]).output.seed == 2
 
 
+def test_each_sft_arm_takes_its_own_learning_rate_and_overrides_apply_in_order(tmp_path):
+    """Vanilla SFT's rate comes from SFT_ARM_DEFAULTS, the others' from sft.yaml; `sft.` overrides
+    every arm (a learning-rate sweep moves vanilla too), an arm's own prefix comes last."""
+    from rl_safety.toy.model import SHIPPED, BuildConfig
+    from rl_safety.toy.table import ToyTable
+
+    base, foreign = SHIPPED / f"base-{BuildConfig().key()}", tmp_path / "foreign.jsonl"
+    rate = lambda overrides, arm: ToyTable(base, tmp_path, overrides, foreign).sft[arm].learner.learning_rate  # noqa: E731
+    assert (rate([], "vanilla_sft"), rate([], "dgr_sft"), rate([], "thinksafe_sft")) == (2e-3, 1e-3, 1e-3)
+    assert rate(["sft.learner.learning_rate=3e-4"], "vanilla_sft") == 3e-4
+    assert rate(["sft.learner.learning_rate=3e-4", "dgr_sft.learner.learning_rate=5e-4"], "dgr_sft") == 5e-4
+    assert rate(["dgr_sft.learner.learning_rate=5e-4"], "thinksafe_sft") == 1e-3
+
+
 def test_seeds_below_one_are_refused_before_any_work(tmp_path):
     from rl_safety.config import ConfigError
     from rl_safety.toy.cli import main
