@@ -57,7 +57,8 @@ SWEEP_SHIFT = "shift"  # --sweep shift=...: the foreign set's distance, not a co
 # Each SFT arm's learning rate by one rule on training data: the lowest rate of the README's sweep at
 # which the arm refuses >= 95% of its own training prompts (toy_harmful_trained) in its 150 steps, so
 # it has learned its data before its reasoning cost is read. sft.yaml's 1e-3 is DGR's and
-# ThinkSafe's (100% there); vanilla SFT learns 90% of its data at 1e-3 and needs 2e-3.
+# ThinkSafe's (100% there); vanilla SFT learns 90% of its data at 1e-3 and 94.96% at 2e-3, the
+# threshold but for a tenth of a prompt per seed, taken over 3e-3 (99%, at a 53-point arithmetic cost).
 SFT_ARM_DEFAULTS = {"vanilla_sft": ["learner.learning_rate=2e-3"]}
 
 

