@@ -226,6 +226,9 @@ def check_algorithm_options(run_dir: Path, metrics: list[dict], a: dict) -> None
     for m in metrics:
         print({k: v for k, v in m.items() if k.split("/")[0] in
                ("dynamic_sampling", "importance", "train", "kl", "kl_penalty", "overlong_penalty")})
+    # importance weights: the fp32 noise crosses the cap in some steps (not in every one: on some
+    # CPUs a sequence-level ratio, a mean over tokens, lands on exactly 1 for a whole step)
+    assert any(m["importance/ratio_max"] > NOISE_CAP for m in metrics)
     for step, m in enumerate(metrics):
         rows = read_rollouts(run_dir, step)
         assert len(rows) == 16
@@ -233,10 +236,9 @@ def check_algorithm_options(run_dir: Path, metrics: list[dict], a: dict) -> None
         # the tokens the learner trained on: every epoch, only responses the overlong mode keeps
         assert m["train/loss_tokens"] == a.get("epochs_per_step", 1) * sum(r["response_tokens"] for r in in_loss)
         assert math.isfinite(m["train/loss"])
-        # importance weights: the fp32 noise crosses the cap on some tokens; truncate caps them,
-        # mask zeroes them
+        # where a ratio crossed the cap, truncate caps it and mask zeroes it
         if in_loss:
-            assert m["importance/ratio_max"] > NOISE_CAP and m["importance/over_cap_fraction"] > 0
+            assert (m["importance/over_cap_fraction"] > 0) == (m["importance/ratio_max"] > NOISE_CAP)
             if a["importance_correction"] == "truncate":
                 assert m["importance/weight_max"] <= NOISE_CAP
             else:

@@ -113,8 +113,12 @@ def test_toy_shift_command_writes_the_set_and_prints_the_curve(base_model, tmp_p
 
     assert main(["shift", "--target", "4", "--output-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "NLL per token by whole style level: 0: 0.04, 1: " in out
     made = json.loads((tmp_path / "foreign.json").read_text())
+    # the curve measured up to the level past 4 nats: the own style first, each level farther
+    curve = made["curve"]
+    assert curve[0] < 0.1 and curve == sorted(curve) and curve[-2] < 4.0 <= curve[-1]
+    assert "NLL per token by whole style level: 0: 0.0" in out
+    assert "NLL per token by whole style level: " + ", ".join(f"{k}: {v:.2f}" for k, v in enumerate(curve)) in out
     assert f"wrote {tmp_path / 'foreign_refusal_train.jsonl'}: style level {made['level']:.3f}" in out
     assert made["base"] == str(base_model) and made["nll"] == pytest.approx(4.0, abs=0.05)
     assert len(read_jsonl(made["path"])) == 278
