@@ -63,7 +63,7 @@ class BuildConfig:
     weight_decay: float = 0.01
     # bf16 matmuls in pretraining (fp32 weights): 1.4x faster on a CPU with native bf16 (AMX,
     # AVX512-BF16), ~8x slower on one without (AVX2): there, build with bf16_autocast=false (another
-    # key, another model, about 1.5x the time on a bf16 CPU).
+    # key, another model, about 1.3x the time on a bf16 CPU).
     bf16_autocast: bool = True
     # torch intra-op threads while pretraining (part of the key: it can change float sums). Two, the
     # cores of the smallest machine we build on: 1.5x one thread's speed when the machine is idle,
