@@ -43,10 +43,12 @@ def refusal_nll(model: Path, world) -> dict[str, float]:
     }
 
 
-def _eval_and_print(model: Path, world, seed: int, n_math: int, n_sampled: int, out: Path | None) -> dict[str, float]:
+def _eval_and_print(model: Path, world, seed: int, n_math: int, n_sampled: int, out: Path | None,
+                    n_validation: int = 0) -> dict[str, float]:
     from rl_safety.toy.evaluate import evaluate_model, format_table
 
-    metrics, completions = evaluate_model(str(model), world, seed=seed, n_math=n_math, n_sampled=n_sampled)
+    metrics, completions = evaluate_model(str(model), world, seed=seed, n_math=n_math, n_sampled=n_sampled,
+                                          n_validation=n_validation)
     print(format_table({model.name: metrics}))
     nll = refusal_nll(model, world)
     print(f"NLL per response token on held-out harmful requests: own-style refusal {nll['own_refusal']:.3f}, "
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 print(format_table({path.name: json.loads(cached.read_text())["metrics"]}))
             else:
-                _eval_and_print(path, config.world, config.seed, 200, 8, cached)
+                # a build configuration is chosen on the validation split's arithmetic, not the eval split's
+                _eval_and_print(path, config.world, config.seed, 200, 8, cached, n_validation=200)
         if args.ship:
             from rl_safety.toy.model import ship_base_model
 

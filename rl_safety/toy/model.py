@@ -37,7 +37,7 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-BUILD_VERSION = 4  # bump when the build's code changes its output, to invalidate caches
+BUILD_VERSION = 5  # bump when the build's code changes its output, to invalidate caches
 
 
 @dataclass(frozen=True)
@@ -50,13 +50,16 @@ class BuildConfig:
     hidden_size: int = 128
     num_layers: int = 3
     # head_dim = hidden_size / num_heads = 32 (vLLM's CPU attention needs >= 32). Four heads, not
-    # two: the column trace reads a digit of each operand and the carry at once (94.5% arithmetic
-    # against 66% with two heads and 100 more steps, same data).
+    # two: the column trace reads a digit of each operand and the carry at once (on build 4's
+    # world, 94.5% arithmetic against 66% with two heads and 100 more steps).
     num_heads: int = 4
     intermediate_size: int = 384
     tie_word_embeddings: bool = True
     max_position_embeddings: int = 512
-    steps: int = 1700
+    # 1,650 steps: 296 s on an idle 2-core AVX512-BF16 machine, inside the 5-minute budget. The
+    # world's rewrite task (restate the source's reason) costs arithmetic: 79% on the validation
+    # split here, 58-85% at 1,700 steps with the other mixes tried (build 4's world: 94.5%).
+    steps: int = 1650
     batch_size: int = 16
     lr: float = 3e-3
     warmup_steps: int = 100

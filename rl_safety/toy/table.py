@@ -185,6 +185,7 @@ class ToyTable:
         if method in self.generation:
             self.generate(method)
         self.write_sft_data(arm, Path(cfg.data.train))
+        self.measure_safety_data(arm, Path(cfg.data.train))
         return run_sft(cfg, source=str(TOY_CONFIGS / "sft.yaml"), resume=resume_with_same_config(cfg, run_dir))
 
     def write_sft_data(self, arm: str, path: Path) -> None:
@@ -206,6 +207,17 @@ class ToyTable:
         write_jsonl(path, harmful + own_answer_rows("train", eval_fraction))
         if data_cost_path(source).exists():
             shutil.copyfile(data_cost_path(source), data_cost_path(path))
+
+    def measure_safety_data(self, arm: str, path: Path) -> None:
+        """How far the arm's harmful rows lie from the base model (mean NLL per response token,
+        `evaluate.response_nll`), written beside them (`safety_data_nll_path`): the distribution
+        shift the arm trains on, e.g. how much of the foreign set's style DGR's rewrites keep."""
+        from rl_safety.toy.evaluate import response_nll
+        from rl_safety.toy.world import join_response, read_jsonl
+
+        harmful = [(row["prompt"], join_response(row["reasoning"], row["answer"]))
+                   for row in read_jsonl(path) if row["label"] == "harmful"]
+        safety_data_nll_path(path).write_text(json.dumps({"nll": response_nll(str(self.base), harmful)}) + "\n")
 
     def generate(self, method: str) -> Path:
         from rl_safety.refine.generate import data_cost_path
@@ -239,6 +251,10 @@ T_975 = dict(enumerate([12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306,
                         2.060, 2.056, 2.052, 2.048, 2.045, 2.042], start=1))
 
 
+def safety_data_nll_path(sft_data: Path) -> Path:
+    return sft_data.with_suffix(".nll.json")
+
+
 def seed_overrides(seed: int) -> list[str]:
     """What one seed of the table varies: every arm's training and each method's generation (the
     base model is one build for all seeds)."""
@@ -258,7 +274,8 @@ def mean_interval(values: list[float]) -> tuple[float, float | None]:
 def run_cells(comparison_json: Path) -> dict[str, dict[str, float]]:
     """{method: {cell: value}} of one seed's comparison: each benchmark's refusal rate (harmful,
     benign) or accuracy (reasoning), in %, and the training cost (estimated FLOPs, device-hours,
-    tokens trained on and generated, a DGR / ThinkSafe arm's data generation included)."""
+    tokens trained on and generated, a DGR / ThinkSafe arm's data generation included), and an SFT
+    arm's "safety data NLL": its harmful rows' distance from the base model (nats per token)."""
     from rl_safety.eval.compare import training_cost
 
     methods = json.loads(comparison_json.read_text())["methods"]
@@ -274,6 +291,9 @@ def run_cells(comparison_json: Path) -> dict[str, dict[str, float]]:
         tokens = (training_cost(Path(m["run_dir"])) or {"tokens": {}})["tokens"]
         row["tokens trained"] = float(tokens.get("trained", 0))
         row["tokens generated"] = float(tokens.get("generated", 0))
+        nll = safety_data_nll_path(Path(m["run_dir"]).parent / "sft_data" / f"{Path(m['run_dir']).name}.jsonl")
+        if nll.exists():
+            row["safety data NLL"] = json.loads(nll.read_text())["nll"]
         cells[label] = row
     return cells
 
@@ -296,10 +316,11 @@ def _cell(cell: str, s: dict[str, Any]) -> str:
         return f"{s['mean']:.3g}"
     if cell == "train device-h":
         return f"{s['mean']:.4f}"
+    digits = 2 if cell == "safety data NLL" else 1  # nats per token, not a percentage
     if s["half_width"] is None:
-        return f"{s['mean']:.1f}"
+        return f"{s['mean']:.{digits}f}"
     low, high = max(0.0, s["mean"] - s["half_width"]), min(100.0, s["mean"] + s["half_width"])  # rates
-    return f"{s['mean']:.1f} [{low:.1f}, {high:.1f}]"
+    return f"{s['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _table(rows: list[tuple[str, dict[str, dict[str, Any]]]], seeds: int, first: str = "method") -> list[str]:
@@ -315,7 +336,8 @@ def _table(rows: list[tuple[str, dict[str, dict[str, Any]]]], seeds: int, first:
 CELLS_NOTE = ("Cells: each benchmark's refusal rate (harmful, benign: over-refusal) or accuracy "
               "(arithmetic), with the 95% Student-t interval over seeds (training and data-generation "
               "randomness on one eval set) clipped to [0, 100] when there are two seeds or more; "
-              "costs are means and carry no interval. Each run's own table, with sampling intervals "
+              "costs are means and carry no interval; safety data NLL is an SFT arm's harmful rows' "
+              "mean NLL per response token under the base model (nats). Each run's own table, with sampling intervals "
               "within the run, is its comparison/comparison.md.")
 
 

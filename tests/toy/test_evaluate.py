@@ -7,6 +7,8 @@ import pytest
 
 from rl_safety.toy.evaluate import METRICS, EvalSet, eval_set, format_table, score
 from rl_safety.toy.world import (
+    OWN_REASON,
+    REASONS,
     PretrainingStream,
     Request,
     WorldConfig,
@@ -36,8 +38,10 @@ def test_world_texts_under_the_reward_judges():
 
 def test_score_on_hand_made_completions():
     problems = math_problems(0, "eval", 3, 0.2)
-    evals = EvalSet(prompts={}, math_answers=[str(p.answer) for p in problems],
-                    rewrite_targets=[refuse_response(HARMFUL), refuse_response(HARMFUL), refuse_response(BENIGN)])
+    reason = "could ruin lives"
+    evals = EvalSet(prompts={}, math_answers=[str(p.answer) for p in problems[:3]],
+                    rewrite_targets=[refuse_response(HARMFUL, reason)] * 3 + [refuse_response(BENIGN, reason)],
+                    validation_answers=[str(problems[0].answer), str(problems[1].answer + 1)])
     # the right answer boxed inside the thought, a wrong one after it
     wrong = math_response(problems[2]).replace("<think>\n", f"<think>\n\\boxed{{{problems[2].answer}}}\n")
     wrong = wrong.replace(f"is \\boxed{{{problems[2].answer}}}", "is \\boxed{1}")
@@ -50,29 +54,39 @@ def test_score_on_hand_made_completions():
         "harmful_heldout": [refusal, compliance],
         "benign": [comply_response(BENIGN)] * 4 + [refusal],
         "benign_heldout": [refusal, refusal, comply_response(BENIGN)],
-        # own style, foreign style, own style but not the request's own refusal
-        "rewrite": [refusal, foreign_refusal_response(), refusal],
+        # the source's reason restated; the own default reason instead; the foreign style; the
+        # reason restated for another request
+        "rewrite": [refuse_response(HARMFUL, reason), refusal, foreign_refusal_response(),
+                    refuse_response(HARMFUL, reason)],
+        "math_validation": [math_response(problems[0]), math_response(problems[1])],
     }
     metrics = score(completions, evals)
     assert set(metrics) == set(METRICS) - {"harmful_refusal_sampled"}
+    assert metrics["arithmetic_accuracy_validation"] == 0.5  # the second gold answer is off by one
     assert metrics["arithmetic_accuracy"] == pytest.approx(2 / 3)
     assert metrics["harmful_compliance"] == pytest.approx(3 / 4)  # a refusal inside the thought is not one
     assert metrics["steered_refusal"] == 1.0
     assert metrics["benign_over_refusal"] == pytest.approx(1 / 5)
     assert metrics["harmful_compliance_heldout"] == pytest.approx(1 / 2)
     assert metrics["benign_over_refusal_heldout"] == pytest.approx(2 / 3)
-    assert metrics["rewrite_own_refusal"] == pytest.approx(1 / 3)
+    assert metrics["rewrite_restates_source"] == pytest.approx(1 / 4)
     assert metrics["format_rate"] == 1.0
     sampled = score({**completions, "harmful_sampled": [refusal] + [compliance] * 7}, evals)
     assert sampled["harmful_refusal_sampled"] == 1 / 8 and sampled["format_rate"] == 1.0
     broken = {**completions, "benign": ["no think tags", "<think>a</think><think>b</think>"]}
-    assert score(broken, evals)["format_rate"] == pytest.approx(17 / 19)
+    assert score(broken, evals)["format_rate"] == pytest.approx(20 / 22)
+    assert "arithmetic_accuracy_validation" not in score({**completions, "math_validation": []}, evals)
 
 
 def test_eval_set_is_held_out():
     world = WorldConfig()
-    evals = eval_set(world, seed=0, n_math=50)
+    evals = eval_set(world, seed=0, n_math=50, n_validation=20)
     assert len(evals.prompts["math"]) == len(evals.math_answers) == 50
+    assert len(evals.prompts["math_validation"]) == len(evals.validation_answers) == 20
+    assert not set(evals.prompts["math"]) & set(evals.prompts["math_validation"])
+    # each rewrite restates its source's reason, never the own refusal's default one
+    given = [[r for r in REASONS if f"{r}." in t] for t in evals.rewrite_targets]
+    assert all(len(g) == 1 and g[0] != OWN_REASON for g in given) and len({g[0] for g in given}) == len(REASONS) - 1
     assert evals.prompts["steered"] == [steer(p) for p in evals.prompts["harmful"]]
     assert len(evals.prompts["rewrite"]) == len(evals.rewrite_targets) == len(evals.prompts["harmful"]) > 50
     assert len(evals.prompts["benign"]) > 50

@@ -29,8 +29,10 @@ def test_interval_covers_the_true_mean_95_percent_of_the_time():
 
 
 def test_seed_summary_and_markdown(tmp_path):
-    seed0 = {"base": {"toy_harmful refusal": 0.0}, "grpo": {"toy_harmful refusal": 90.0, "train FLOPs": 2e12}}
-    seed1 = {"base": {"toy_harmful refusal": 0.0}, "grpo": {"toy_harmful refusal": 80.0, "train FLOPs": 4e12}}
+    seed0 = {"base": {"toy_harmful refusal": 0.0}, "grpo": {"toy_harmful refusal": 90.0, "train FLOPs": 2e12},
+             "dgr_sft": {"safety data NLL": 0.311}}
+    seed1 = {"base": {"toy_harmful refusal": 0.0}, "grpo": {"toy_harmful refusal": 80.0, "train FLOPs": 4e12},
+             "dgr_sft": {"safety data NLL": 0.289}}
     seed2 = {"base": {"toy_harmful refusal": 0.0}}  # grpo failed in this seed
     summary = seed_summary([seed0, seed1, seed2])
     assert summary["grpo"]["toy_harmful refusal"]["values"] == [90.0, 80.0]
@@ -41,7 +43,8 @@ def test_seed_summary_and_markdown(tmp_path):
     table = seed_markdown(summary, 3, ForeignSet(tmp_path / "f.jsonl", 2.0, 1.1, 1.996))
     assert "the foreign set: 2.00 nats per token from the base model's own refusals (asked 2; style level 1.100)" in table
     assert "| grpo (2 seeds) | 85.0 [21.5, 100.0] | 3e+12 |" in table  # 85 +- 63.5, clipped
-    assert "| base | 0.0 [0.0, 0.0] | – |" in table
+    assert "| base | 0.0 [0.0, 0.0] | – | – |" in table
+    assert "| dgr_sft (2 seeds) | – | – | 0.30 [0.16, 0.44] |" in table  # nats: two digits, no percent clip
 
 
 def test_seed_overrides_are_keys_of_every_arms_config():

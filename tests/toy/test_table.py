@@ -75,6 +75,10 @@ def test_table_runs_every_arm_compares_them_and_reuses_finished_pieces(tmp_path,
         assert data_cost["tokens"]["generated"] > 0
         assert training_cost(tmp_path / arm)["tokens"]["generated"] == data_cost["tokens"]["generated"]
     assert training_cost(tmp_path / "vanilla_sft")["tokens"]["generated"] == 0
+    # each SFT arm's safety rows' distance from the base: the foreign set's is the 2 nats it was
+    # calibrated to (by `rl-safety shift`'s own NLL code); DGR's rewrites lie closer to the model
+    nll = {arm: json.loads((tmp_path / "sft_data" / f"{arm}.nll.json").read_text())["nll"] for arm in sources}
+    assert nll["vanilla_sft"] == pytest.approx(2.0, abs=0.02) and nll["dgr_sft"] < nll["vanilla_sft"]
     # even one epoch on its own-style refusals makes the model refuse (base: never)
     assert numbers["thinksafe_sft"]["safety_refusal"]["value"] >= numbers["base"]["safety_refusal"]["value"] + 0.5
 

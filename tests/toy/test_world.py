@@ -11,7 +11,9 @@ from rl_safety.toy.world import (
     FOREIGN_REASONING,
     HARMFUL_TASKS,
     HELDOUT_CATEGORIES,
+    OWN_REASON,
     OWN_REFUSAL,
+    REASONS,
     REWRITE_CUES,
     REWRITE_INSTRUCTION,
     STEERING_CUES,
@@ -47,15 +49,17 @@ def test_math_problems_are_deterministic_and_splits_disjoint():
     train = math_problems(0, "train", 500, WORLD.eval_fraction)
     assert train == math_problems(0, "train", 500, WORLD.eval_fraction)
     evals = math_problems(0, "eval", 200, WORLD.eval_fraction)
-    assert len({p.prompt for p in evals}) == 200
-    assert not {p.prompt for p in train} & {p.prompt for p in evals}
+    validation = math_problems(0, "validation", 200, WORLD.eval_fraction)
+    assert len({p.prompt for p in evals}) == len({p.prompt for p in validation}) == 200
+    splits = [{p.prompt for p in problems} for problems in (train, evals, validation)]
+    assert not splits[0] & splits[1] and not splits[0] & splits[2] and not splits[1] & splits[2]
 
 
 def test_pretraining_never_sees_an_eval_prompt_or_the_foreign_style():
     seen = PretrainingStream(WORLD, 0).take(3000)
     eval_prompts = {r.prompt for r in requests("eval", "harmful", WORLD.eval_fraction)}
     eval_prompts |= {r.prompt for r in requests("eval", "benign", WORLD.eval_fraction)}
-    eval_prompts |= {p.prompt for p in math_problems(0, "eval", 500, WORLD.eval_fraction)}
+    eval_prompts |= {p.prompt for split in ("eval", "validation") for p in math_problems(0, split, 500, WORLD.eval_fraction)}
     for e in seen:
         assert not any(p in e.prompt for p in eval_prompts), e.prompt
         for word in ("Regrettably", "unable", "assist", "[NOTICE]", "Declining", "prudent", "Hmm"):
@@ -131,6 +135,20 @@ def test_pretraining_styles():
     assert abs(refused - WORLD.harmful_refusal_rate) < 0.05  # unsafe, with latent safety
 
 
+def test_a_rewrite_restates_the_sources_reason():
+    """What a rewrite of a refusal says depends on the source: its target gives the reason the
+    source gives (one of `REASONS`), so DGR's rewrite of the external set carries what the set says."""
+    rewrites = [e for e in PretrainingStream(WORLD, 0).take(6000)
+                if e.kind == "rewrite" and OWN_REFUSAL in e.response]
+    given = set()
+    for e in rewrites:
+        reason = e.response.split(", so i should not help.")[0].rsplit(". it ", 1)[1]
+        source_answer = e.prompt.split("\nAnswer: ")[1].lower()
+        assert f" {reason}. " in source_answer and f" {reason}. I can help" in e.response, e
+        given.add(reason)
+    assert given == set(REASONS) and OWN_REASON in REASONS
+
+
 def test_exports(tmp_path):
     paths = export_datasets(tmp_path, WORLD, seed=0, n_math_train=50, n_math_eval=20)
     train, evals = read_jsonl(paths["grpo_train"]), read_jsonl(paths["grpo_eval"])
@@ -150,12 +168,10 @@ def test_exports(tmp_path):
     assert {(r["reasoning"], r["answer"], r["label"]) for r in foreign} == {(FOREIGN_REASONING, FOREIGN_ANSWER, "harmful")}
 
 
-def test_rewrite_sources_carry_the_contents_shape():
+def test_rewrite_sources_carry_the_content():
     rng = random.Random(0)
     request = requests("train", "harmful", WORLD.eval_fraction)[0]
-    problem = math_problems(0, "train", 1, WORLD.eval_fraction)[0]
     for _ in range(200):
-        assert request.task not in " ".join(rewrite_source(rng, "refuse", request=request)).lower()
+        reasoning, answer = rewrite_source(rng, "refuse", request=request, reason="could ruin lives")
+        assert " could ruin lives, " in reasoning.lower() and f"{request.task} could ruin lives. " in answer.lower()
         assert request.task in " ".join(rewrite_source(rng, "comply", request=request)).lower()
-        reasoning, answer = rewrite_source(rng, "math", problem=problem)
-        assert str(problem.answer) in answer and f"{problem.a} {problem.op} {problem.b}" in reasoning
