@@ -149,6 +149,8 @@ def test_cli_eval(small_model, tmp_path, capsys):
 
     assert main(["eval", "--model", str(small_model), "--n-math", "10", "--n-sampled", "2", "--out", str(tmp_path / "m.json")]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())["metrics"]
-    assert set(metrics) == set(METRICS) and all(0 <= v <= 1 for v in metrics.values() if not math.isnan(v))
+    # every metric but the validation split's arithmetic, which only `toy build` reads
+    assert set(metrics) == set(METRICS) - {"arithmetic_accuracy_validation"}
+    assert all(0 <= v <= 1 for v in metrics.values() if not math.isnan(v))
     out = capsys.readouterr().out
     assert "arithmetic_accuracy" in out and "foreign refusal" in out
