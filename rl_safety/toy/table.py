@@ -56,10 +56,10 @@ DEFAULT_SHIFT = 2.0  # nats per token from the base model's own refusals: a real
 SWEEP_SHIFT = "shift"  # --sweep shift=...: the foreign set's distance, not a config key
 # Each SFT arm's learning rate by one rule on training data: the lowest rate of the README's sweep at
 # which the arm refuses >= 95% of its own training prompts (toy_harmful_trained) in its 150 steps, so
-# it has learned its data before its reasoning cost is read. sft.yaml's 1e-3 is DGR's and
-# ThinkSafe's (100% there); vanilla SFT learns 90% of its data at 1e-3 and 94.96% at 2e-3, the
-# threshold but for a tenth of a prompt per seed, taken over 3e-3 (99%, at a 53-point arithmetic cost).
-SFT_ARM_DEFAULTS = {"vanilla_sft": ["learner.learning_rate=2e-3"]}
+# it has learned its data before its reasoning cost is read; an arm's entry here overrides sft.yaml.
+# On base 38b26c27866c every arm learns its data at sft.yaml's 1e-3 (vanilla SFT: 98% of it), so
+# none has one; on the previous base vanilla SFT needed 2e-3.
+SFT_ARM_DEFAULTS: dict[str, list[str]] = {}
 
 
 def toy_methods() -> dict[str, Any]:

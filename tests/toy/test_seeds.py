@@ -60,14 +60,18 @@ def test_seed_overrides_are_keys_of_every_arms_config():
             assert load_config(method.config, method.toy_config, grouped[name]).output.seed == 2
 
 
-def test_each_sft_arm_takes_its_own_learning_rate_and_overrides_apply_in_order(tmp_path):
-    """Vanilla SFT's rate comes from SFT_ARM_DEFAULTS, the others' from sft.yaml; `sft.` overrides
-    every arm (a learning-rate sweep moves vanilla too), an arm's own prefix comes last."""
+def test_each_sft_arm_takes_its_own_learning_rate_and_overrides_apply_in_order(tmp_path, monkeypatch):
+    """An arm's rate comes from SFT_ARM_DEFAULTS where the rule gave it one, else from sft.yaml
+    (every arm, on the shipped base); `sft.` overrides every arm (a learning-rate sweep moves
+    them all), an arm's own prefix comes last."""
+    from rl_safety.toy import table
     from rl_safety.toy.model import SHIPPED, BuildConfig
     from rl_safety.toy.table import ToyTable
 
     base, foreign = SHIPPED / f"base-{BuildConfig().key()}", tmp_path / "foreign.jsonl"
     rate = lambda overrides, arm: ToyTable(base, tmp_path, overrides, foreign).sft[arm].learner.learning_rate  # noqa: E731
+    assert (rate([], "vanilla_sft"), rate([], "dgr_sft"), rate([], "thinksafe_sft")) == (1e-3, 1e-3, 1e-3)
+    monkeypatch.setattr(table, "SFT_ARM_DEFAULTS", {"vanilla_sft": ["learner.learning_rate=2e-3"]})
     assert (rate([], "vanilla_sft"), rate([], "dgr_sft"), rate([], "thinksafe_sft")) == (2e-3, 1e-3, 1e-3)
     assert rate(["sft.learner.learning_rate=3e-4"], "vanilla_sft") == 3e-4
     assert rate(["sft.learner.learning_rate=3e-4", "dgr_sft.learner.learning_rate=5e-4"], "dgr_sft") == 5e-4
