@@ -64,8 +64,8 @@ def eval_set(world: WorldConfig, seed: int, n_math: int = 200, n_validation: int
     problems = math_problems(seed, "eval", n_math, f)
     validation = math_problems(seed, "validation", n_validation, f)
     # each request's rewrite source: a fresh random style and a reason other than the own refusal's
-    rng = random.Random(f"rewrite-eval-{seed}")
-    rewrites = [(r, rng.choice([reason for reason in REASONS if reason != OWN_REASON])) for r in harmful]
+    rng, other_reasons = random.Random(f"rewrite-eval-{seed}"), [reason for reason in REASONS if reason != OWN_REASON]
+    rewrites = [(r, rng.choice(other_reasons)) for r in harmful]
     return EvalSet(
         prompts={
             "math": [p.prompt for p in problems],

@@ -130,7 +130,7 @@ class ToyTable:
 
         def sft_config(arm: str):
             return load_config(SFTConfig, TOY_CONFIGS / "sft.yaml", [
-                f"model.path={base}", f"data.train={output_dir / 'sft_data' / f'{arm}.jsonl'}",
+                f"model.path={base}", f"data.train={sft_data_path(output_dir, arm)}",
                 f"run.output_dir={output_dir}", f"run.name={arm}",
                 *layered(SFT_ARM_DEFAULTS.get(arm, []), self.grouped["sft"], self.grouped[arm])])
 
@@ -185,7 +185,7 @@ class ToyTable:
         if method in self.generation:
             self.generate(method)
         self.write_sft_data(arm, Path(cfg.data.train))
-        self.measure_safety_data(arm, Path(cfg.data.train))
+        self.measure_safety_data(Path(cfg.data.train))
         return run_sft(cfg, source=str(TOY_CONFIGS / "sft.yaml"), resume=resume_with_same_config(cfg, run_dir))
 
     def write_sft_data(self, arm: str, path: Path) -> None:
@@ -208,8 +208,8 @@ class ToyTable:
         if data_cost_path(source).exists():
             shutil.copyfile(data_cost_path(source), data_cost_path(path))
 
-    def measure_safety_data(self, arm: str, path: Path) -> None:
-        """How far the arm's harmful rows lie from the base model (mean NLL per response token,
+    def measure_safety_data(self, path: Path) -> None:
+        """How far an arm's harmful rows (its SFT data at `path`) lie from the base model (mean NLL per response token,
         `evaluate.response_nll`), written beside them (`safety_data_nll_path`): the distribution
         shift the arm trains on, e.g. how much of the foreign set's style DGR's rewrites keep."""
         from rl_safety.toy.evaluate import response_nll
@@ -251,6 +251,11 @@ T_975 = dict(enumerate([12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306,
                         2.060, 2.056, 2.052, 2.048, 2.045, 2.042], start=1))
 
 
+def sft_data_path(output_dir: Path, arm: str) -> Path:
+    """What an SFT arm trains on: OUT/sft_data/ARM.jsonl."""
+    return output_dir / "sft_data" / f"{arm}.jsonl"
+
+
 def safety_data_nll_path(sft_data: Path) -> Path:
     return sft_data.with_suffix(".nll.json")
 
@@ -281,17 +286,18 @@ def run_cells(comparison_json: Path) -> dict[str, dict[str, float]]:
     methods = json.loads(comparison_json.read_text())["methods"]
     cells: dict[str, dict[str, float]] = {}
     for label, m in methods.items():
-        results = json.loads((Path(m["run_dir"]) / "eval" / SUITE / "results.json").read_text())
+        run_dir = Path(m["run_dir"])  # OUT/ARM (the base's: OUT/base)
+        results = json.loads((run_dir / "eval" / SUITE / "results.json").read_text())
         row = {}
         for name, bench in results["benchmarks"].items():
             metric = "accuracy" if bench["kind"] == "reasoning" else "refusal_rate"
             row[f"{name} {metric.removesuffix('_rate')}"] = 100 * bench["metrics"][metric]["value"]
         row["train FLOPs"] = m["training_flops_estimate"] or 0.0
         row["train device-h"] = m["training_device_hours"] or 0.0
-        tokens = (training_cost(Path(m["run_dir"])) or {"tokens": {}})["tokens"]
+        tokens = (training_cost(run_dir) or {"tokens": {}})["tokens"]
         row["tokens trained"] = float(tokens.get("trained", 0))
         row["tokens generated"] = float(tokens.get("generated", 0))
-        nll = safety_data_nll_path(Path(m["run_dir"]).parent / "sft_data" / f"{Path(m['run_dir']).name}.jsonl")
+        nll = safety_data_nll_path(sft_data_path(run_dir.parent, run_dir.name))
         if nll.exists():
             row["safety data NLL"] = json.loads(nll.read_text())["nll"]
         cells[label] = row
